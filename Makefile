@@ -1,0 +1,28 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else is set up from nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test lint unit real clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## Start the daemon in the foreground with the shipped policy (root: it reads and kills in real cgroups).
+run: $(STAMP)
+	$(BIN)/pyoomd run --config config.yaml
+
+## Set up and run every test: lint, unit tests on fixture trees, real tests on this host's cgroups.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -v -rfEs tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,96 @@
+"""Parsers for the text formats of cgroupfs and procfs files. Pure functions of the file's text."""
+
+from __future__ import annotations
+
+from cgroupfs.stats import Pressure
+
+# Limits at or above 2**62 mean "no limit": v1 prints PAGE_COUNTER_MAX scaled by the page size
+# (9223372036854771712 with 4 KiB pages, other values with 64 KiB pages and before 3.19).
+UNLIMITED_FLOOR = 1 << 62
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (memory.stat, memory.events, cgroup.events, /proc/vmstat)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+def parse_limit(text: str) -> int | None:
+    value = text.strip()
+    if value == "max":
+        return None
+    n = int(value)
+    return None if n >= UNLIMITED_FLOOR else n
+
+
+def parse_pressure(text: str) -> Pressure:
+    """A PSI file: a `some` line and, for memory and io (and cpu since 5.13), a `full` line."""
+    lines: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or parts[0] not in ("some", "full"):
+            continue
+        fields: dict[str, float] = {}
+        for kv in parts[1:]:
+            key, _, value = kv.partition("=")
+            fields[key] = float(value)
+        lines[parts[0]] = fields
+    if "some" not in lines:
+        raise ValueError("no 'some' line in pressure file")
+    some = lines["some"]
+    full = lines.get("full")
+    return Pressure(
+        some_avg10=some["avg10"],
+        some_avg60=some["avg60"],
+        some_avg300=some["avg300"],
+        some_total=int(some["total"]),
+        full_avg10=full["avg10"] if full else None,
+        full_avg60=full["avg60"] if full else None,
+        full_avg300=full["avg300"] if full else None,
+        full_total=int(full["total"]) if full else None,
+    )
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo in bytes (the file says kB)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if not parts:
+            continue
+        value = int(parts[0])
+        if len(parts) > 1 and parts[1] == "kB":
+            value *= 1024
+        out[key.strip()] = value
+    return out
+
+
+def parse_pids(text: str) -> list[int]:
+    return [int(x) for x in text.split()]
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """/proc/PID/cgroup: hierarchy key ("memory", "name=systemd", "" for cgroup2) to path.
+
+    Co-mounted controllers ("cpu,cpuacct") get an entry for each controller.
+    """
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, ctrls, path = parts
+        if ctrls == "":
+            out[""] = path
+        for c in ctrls.split(","):
+            if c:
+                out[c] = path
+    return out

@@ -1,0 +1,267 @@
+"""`CgroupFS`: one interface over every layout. A cgroup is named by its path; this class finds its files.
+
+On v1 and hybrid hosts every hierarchy keeps its own tree, so a path is looked up per hierarchy. Memory figures
+come from the memory controller's directory (the "primary" directory of a path); a twin in another hierarchy
+(the cgroup2 directory for PSI) is used only after checking that it holds the same processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from cgroupfs.layout import Hierarchy, Layout
+from cgroupfs.parse import (
+    parse_flat_keyed,
+    parse_limit,
+    parse_meminfo,
+    parse_pids,
+    parse_pressure,
+    parse_proc_cgroup,
+)
+from cgroupfs.stats import CgroupStats, HostStats, Pressure
+
+FIELDS_ALL = frozenset({"memory", "pressure"})
+_GLOB_CHARS = frozenset("*?[")
+
+
+class CgroupPathError(ValueError):
+    pass
+
+
+def normalize(path: str) -> str:
+    """'system.slice/x' and '/system.slice/x/' both become '/system.slice/x'; '..' is refused."""
+    parts = [p for p in path.strip().split("/") if p and p != "."]
+    if any(p == ".." for p in parts):
+        raise CgroupPathError(f"cgroup path {path!r} may not contain '..'")
+    return "/" + "/".join(parts)
+
+
+def is_under(path: str, ancestor: str) -> bool:
+    """True when `path` is `ancestor` or lies below it."""
+    return ancestor == "/" or path == ancestor or path.startswith(ancestor + "/")
+
+
+def _read(p: Path) -> str:
+    with open(p) as f:
+        return f.read()
+
+
+class CgroupFS:
+    def __init__(self, layout: Layout, proc: str | Path = "/proc") -> None:
+        self.layout = layout
+        self.proc = Path(proc)
+        # Hierarchies a policy path is looked up in, in order of preference for memory accounting.
+        self._lookup: list[Hierarchy] = [h for h in (layout.memory, layout.unified) if h is not None]
+        if layout.memory is not None and layout.memory not in self._lookup:
+            self._lookup.insert(0, layout.memory)
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
+
+    # ---- finding cgroups -------------------------------------------------------------------------------------
+
+    def locate(self, path: str) -> tuple[Hierarchy, Path] | None:
+        """The primary directory of `path`: its memory cgroup, else its cgroup2 directory."""
+        for h in self._lookup:
+            d = h.dir_of(path)
+            if d.is_dir():
+                return h, d
+        return None
+
+    def resolve(self, patterns: Iterable[str]) -> list[str]:
+        """Every existing cgroup matching any pattern (globs per path component), sorted, no duplicates."""
+        found: set[str] = set()
+        for pattern in patterns:
+            norm = normalize(pattern)
+            parts = [p for p in norm.split("/") if p]
+            for h in self._lookup:
+                for rel in self._glob(h.dir_of("/"), parts):
+                    found.add("/" + "/".join(rel) if rel else "/")
+        return sorted(found)
+
+    def _glob(self, base: Path, parts: list[str]) -> list[list[str]]:
+        results: list[list[str]] = [[]]
+        for part in parts:
+            nxt: list[list[str]] = []
+            for rel in results:
+                d = base.joinpath(*rel)
+                if _GLOB_CHARS & set(part):
+                    try:
+                        with os.scandir(d) as it:
+                            names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+                    except OSError:
+                        continue
+                    nxt.extend([*rel, n] for n in sorted(names) if fnmatch.fnmatchcase(n, part))
+                elif (d / part).is_dir():
+                    nxt.append([*rel, part])
+            results = nxt
+        return results
+
+    def identity(self, path: str) -> int | None:
+        loc = self.locate(path)
+        if loc is None:
+            return None
+        try:
+            return os.stat(loc[1]).st_ino
+        except FileNotFoundError:
+            return None
+
+    # ---- members ---------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _members_of_dir(d: Path) -> set[int]:
+        pids: set[int] = set()
+        for root, _dirs, _files in os.walk(d):
+            try:
+                pids.update(parse_pids(_read(Path(root) / "cgroup.procs")))
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENODEV):
+                    raise
+        return pids
+
+    def members(self, path: str) -> set[int]:
+        """Every process in the subtree of `path` (in its primary hierarchy)."""
+        loc = self.locate(path)
+        return set() if loc is None else self._members_of_dir(loc[1])
+
+    def _hierarchy_key(self, h: Hierarchy) -> str:
+        return "" if h.version == 2 else h.controllers[0]
+
+    def cgroups_of_pid(self, pid: int) -> dict[str, str]:
+        """The pid's cgroup path in every hierarchy, keyed by controller ("" for cgroup2)."""
+        return parse_proc_cgroup(_read(self.proc / str(pid) / "cgroup"))
+
+    def pid_in(self, pid: int, path: str) -> bool:
+        """Is `pid` inside the subtree of `path`, as seen in the path's primary hierarchy?"""
+        loc = self.locate(path)
+        if loc is None:
+            return False
+        try:
+            where = self.cgroups_of_pid(pid).get(self._hierarchy_key(loc[0]))
+        except OSError:
+            return False
+        return where is not None and is_under(where, path)
+
+    def own_paths(self, pid: int) -> set[str]:
+        """The cgroups `pid` sits in across all hierarchies, with all their ancestors."""
+        out = {"/"}
+        try:
+            entries = self.cgroups_of_pid(pid)
+        except OSError:
+            return out
+        for path in entries.values():
+            p = normalize(path)
+            while p != "/":
+                out.add(p)
+                p = p.rsplit("/", 1)[0] or "/"
+        return out
+
+    # ---- stats -----------------------------------------------------------------------------------------------
+
+    def read_host(self) -> HostStats:
+        info = parse_meminfo(_read(self.proc / "meminfo"))
+        try:
+            pressure: Pressure | None = parse_pressure(_read(self.proc / "pressure" / "memory"))
+        except OSError:
+            pressure = None  # kernel without PSI (before 4.20, or psi=0)
+        return HostStats(
+            mem_total=info.get("MemTotal", 0),
+            mem_available=info.get("MemAvailable", info.get("MemFree", 0)),
+            swap_total=info.get("SwapTotal", 0),
+            swap_free=info.get("SwapFree", 0),
+            pressure=pressure,
+        )
+
+    def read_stats(
+        self, path: str, fields: frozenset[str] = FIELDS_ALL, host: HostStats | None = None
+    ) -> CgroupStats | None:
+        """One record for `path`, or None if it does not exist (any more)."""
+        loc = self.locate(path)
+        if loc is None:
+            return None
+        hier, d = loc
+        try:
+            inode = os.stat(d).st_ino
+            members = self._members_of_dir(d)
+            figures: dict = {}
+            if "memory" in fields:
+                figures.update(self._memory_figures(hier, d, path, members))
+            pressure = None
+            if "pressure" in fields:
+                pressure = self._pressure(hier, path, members, host)
+        except FileNotFoundError:
+            return None  # removed while we read it
+        return CgroupStats(
+            path=path,
+            inode=inode,
+            pressure=pressure,
+            nr_procs=len(members),
+            populated=bool(members) or self._has_children(d),
+            **figures,
+        )
+
+    @staticmethod
+    def _has_children(d: Path) -> bool:
+        with os.scandir(d) as it:
+            return any(e.is_dir(follow_symlinks=False) for e in it)
+
+    def _memory_figures(self, hier: Hierarchy, d: Path, path: str, members: set[int]) -> dict:
+        if hier is self.layout.memory and hier.version == 1:
+            stat = parse_flat_keyed(_read(d / "memory.stat"))
+            return {
+                "usage": int(_read(d / "memory.usage_in_bytes")),
+                "limit": parse_limit(_read(d / "memory.limit_in_bytes")),
+                "anon": stat.get("total_rss", stat.get("rss")),
+                "file": stat.get("total_cache", stat.get("cache")),
+                "shmem": stat.get("total_shmem", stat.get("shmem")),
+            }
+        if hier.version == 2 and (d / "memory.current").exists():
+            stat = parse_flat_keyed(_read(d / "memory.stat"))
+            protection = 0
+            for name in ("memory.min", "memory.low"):
+                try:
+                    protection = max(protection, parse_limit(_read(d / name)) or 0)
+                except FileNotFoundError:
+                    pass
+            return {
+                "usage": int(_read(d / "memory.current")),
+                "limit": parse_limit(_read(d / "memory.max")),
+                "anon": stat.get("anon"),
+                "file": stat.get("file"),
+                "shmem": stat.get("shmem"),
+                "protection": protection,
+            }
+        # No memory cgroup of its own (a cgroup2 directory on a hybrid host, or the cgroup2 root):
+        # the members' resident memory stands in, marked as an estimate.
+        return {"usage": self._rss_sum(members), "memory_estimated": True}
+
+    def _rss_sum(self, pids: set[int]) -> int:
+        total = 0
+        for pid in pids:
+            try:
+                total += int(_read(self.proc / str(pid) / "statm").split()[1]) * self._page_size
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def _pressure(self, hier: Hierarchy, path: str, members: set[int], host: HostStats | None) -> Pressure | None:
+        if path == "/":
+            return host.pressure if host is not None else self.read_host().pressure
+        twin = self.layout.unified
+        if twin is None:
+            return None  # pure v1: no per-cgroup PSI
+        td = twin.dir_of(path)
+        if twin is not hier:
+            # Trust the cgroup2 twin only if it holds exactly the processes the primary directory holds.
+            if not td.is_dir() or self._members_of_dir(td) != members:
+                return None
+        try:
+            return parse_pressure(_read(td / "memory.pressure"))
+        except (FileNotFoundError, ValueError):
+            return None
+        except OSError as e:
+            if e.errno == errno.EOPNOTSUPP:  # psi disabled for this cgroup
+                return None
+            raise

@@ -1,0 +1,1 @@
+"""Every ZeroMQ endpoint, socket option and message type of pyoomd, in one place (see endpoints.py)."""

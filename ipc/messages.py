@@ -1,0 +1,137 @@
+"""Every message pyoomd sends, as typed structs. Unknown fields are errors; each struct is tagged by kind."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from cgroupfs.stats import CgroupStats, HostStats
+from policy.model import Policy
+
+WorkerName = Literal["collector", "detector", "actuator"]
+
+
+class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
+    pass
+
+
+# ---- control channel: supervisor <-> worker ------------------------------------------------------------------
+
+
+class Hello(Message, tag="hello"):
+    worker: WorkerName
+    pid: int
+    build: str
+
+
+class Welcome(Message, tag="welcome"):
+    build: str
+
+
+class Refused(Message, tag="refused"):
+    reason: str
+
+
+class PolicyUpdate(Message, tag="policy"):
+    generation: int
+    policy: Policy
+    dry_run: bool  # effective value, whatever set it
+    dry_run_source: str  # "command line" | "policy" | "default"
+    protected_paths: list[str]  # the daemon's own cgroups and their ancestors, in every hierarchy
+    daemon_pid: int
+
+
+class PolicyAck(Message, tag="policy-ack"):
+    generation: int
+    error: str = ""
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    worker: WorkerName
+    dropped_frames: int = 0
+
+
+class SnapshotEvaluated(Message, tag="evaluated"):
+    """The detector has run the policy on a snapshot (the supervisor's readiness signal)."""
+
+    seq: int
+    generation: int
+
+
+class Stop(Message, tag="stop"):
+    pass
+
+
+# ---- snapshots: collector -> detector --------------------------------------------------------------------------
+
+
+class Snapshot(Message, tag="snapshot"):
+    seq: int
+    generation: int
+    time: float  # wall clock, seconds since the epoch
+    monotonic: float  # CLOCK_MONOTONIC, comparable across processes of this host
+    host: HostStats
+    cgroups: list[CgroupStats]
+
+
+# ---- commands: detector <-> actuator ---------------------------------------------------------------------------
+
+
+class Candidate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str
+    inode: int
+    usage: int | None
+    why: str  # the figures that ranked it
+
+
+class KillCommand(Message, tag="kill"):
+    id: str
+    generation: int
+    ruleset: str
+    group: str  # detector group that fired
+    plugin: str
+    snapshot_time: float
+    not_after: float  # monotonic deadline; an older command is refused, never acted on late
+    candidates: list[Candidate]  # ranked; the actuator takes the first that still qualifies
+    mechanism: Literal["direct"]
+    signal: int
+    reason: str
+    dry_run: bool
+    dry_run_source: str
+    kill_timeout: float
+
+
+CommandStatus = Literal["killed", "dry-run", "no-target", "refused", "expired", "failed"]
+
+
+class CommandResult(Message, tag="result"):
+    id: str
+    status: CommandStatus
+    target: str | None
+    pids: list[int]
+    detail: str = ""
+
+
+class ActionRecord(Message, tag="action"):
+    """What happened, once, for the log, actions.jsonl and (later) D-Bus and metrics."""
+
+    time: float
+    command_id: str
+    ruleset: str
+    group: str
+    plugin: str
+    target: str | None
+    pids: list[int]
+    signal: str
+    dry_run: bool
+    dry_run_source: str
+    result: CommandStatus
+    duration: float
+    reason: str
+    detail: str = ""
+
+
+ControlMessage = Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
+CommandMessage = KillCommand | CommandResult
+AnyMessage = ControlMessage | Snapshot | KillCommand | CommandResult

@@ -1,0 +1,32 @@
+"""Cgroup path patterns as the policy writes them: comma-separated, relative to the root, globs per component."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from cgroupfs.tree import is_under, normalize
+
+# Never a target, whatever the policy says.
+ALWAYS_PROTECTED = ("/", "/init.scope")
+
+
+def parse_cgroup_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected one or more cgroup paths, comma-separated (e.g. 'system.slice/*')")
+    return tuple(normalize(p) for p in value.split(",") if p.strip())
+
+
+def matches(pattern: str, path: str) -> bool:
+    """Does `path` match `pattern` component by component (a '*' never crosses a '/')?"""
+    pp = [p for p in pattern.split("/") if p]
+    cp = [p for p in path.split("/") if p]
+    return len(pp) == len(cp) and all(fnmatch.fnmatchcase(c, p) for p, c in zip(pp, cp, strict=True))
+
+
+def matches_any(patterns: tuple[str, ...], path: str) -> bool:
+    return any(matches(p, path) for p in patterns)
+
+
+def is_protected(path: str, protected: frozenset[str]) -> bool:
+    """The root, init.scope and everything below it, and the daemon's own cgroups and their ancestors."""
+    return path in protected or path == "/" or is_under(path, "/init.scope")

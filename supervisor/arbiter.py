@@ -1,0 +1,323 @@
+"""The supervisor loop, after gunicorn's arbiter: one loop, a signal queue drained in it, a table from signal to
+method, and workers reaped through pidfds and restarted with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import zmq
+
+from cgroupfs import CgroupFS, Layout
+from ipc.build import build_id, source_root
+from ipc.codec import Channel
+from ipc.endpoints import HEARTBEAT_TIMEOUT, Endpoints, control_server
+from ipc.messages import (
+    ActionRecord,
+    ControlMessage,
+    Heartbeat,
+    Hello,
+    PolicyAck,
+    PolicyUpdate,
+    Refused,
+    SnapshotEvaluated,
+    Stop,
+    Welcome,
+)
+from ipc.signalqueue import SignalQueue
+from policy.loader import PolicyInvalid, load_policy
+from policy.model import Policy
+from supervisor.actionlog import ActionLog
+from supervisor.workers import WORKER_ORDER, WorkerSlot, WorkerState
+
+log = logging.getLogger("pyoomd.supervisor")
+
+STOP_TIMEOUT = 3.0  # seconds a worker gets to exit after Stop before it is killed
+
+
+@dataclass(frozen=True)
+class Options:
+    config: Path
+    runtime_dir: Path
+    state_dir: Path
+    dry_run: bool = False
+    interval: float | None = None
+    worker_pythonpath: str | None = None  # development: run workers from another source tree
+
+
+class Fatal(Exception):
+    """The daemon cannot go on; the message tells the operator why."""
+
+
+class Arbiter:
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, options: Options, policy: Policy, layout: Layout) -> None:
+        self.options = options
+        self.layout = layout
+        self.fs = CgroupFS(layout)
+        self.build = build_id()
+        self.endpoints = Endpoints(options.runtime_dir)
+        self.action_log = ActionLog(options.state_dir)
+        self.policy = self._with_overrides(policy)
+        self.generation = 1
+        self.slots = {name: WorkerSlot(name) for name in WORKER_ORDER}
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.exit_code = 0
+        self.evaluated = False
+        self.signal_table = {
+            signal.SIGTERM: self.handle_term,
+            signal.SIGINT: self.handle_term,
+            signal.SIGHUP: self.handle_hup,
+        }
+
+    # ---- policy --------------------------------------------------------------------------------------------------
+
+    def _with_overrides(self, policy: Policy) -> Policy:
+        if self.options.interval is not None:
+            policy = msgspec.structs.replace(policy, interval=self.options.interval)
+        return policy
+
+    def dry_run(self) -> tuple[bool, str]:
+        """Dry-run from any source wins."""
+        if self.options.dry_run:
+            return True, "command line"
+        if self.policy.dry_run:
+            return True, "policy"
+        return False, "default"
+
+    def policy_update(self) -> PolicyUpdate:
+        dry, source = self.dry_run()
+        return PolicyUpdate(
+            generation=self.generation,
+            policy=self.policy,
+            dry_run=dry,
+            dry_run_source=source,
+            protected_paths=sorted(self.fs.own_paths(os.getpid())),
+            daemon_pid=os.getpid(),
+        )
+
+    def distribute(self) -> None:
+        """Send the current policy to each worker that lacks it, in order: a worker gets it only once every
+        worker before it in WORKER_ORDER has acknowledged it (or cannot, being FATAL)."""
+        update: PolicyUpdate | None = None
+        for name in WORKER_ORDER:
+            slot = self.slots[name]
+            if slot.state is WorkerState.RUNNING and slot.sent_generation < self.generation:
+                update = update or self.policy_update()
+                self._send(name, update)
+                slot.sent_generation = self.generation
+            if slot.acked_generation < self.generation:
+                return
+
+    # ---- signals -------------------------------------------------------------------------------------------------
+
+    def handle_term(self) -> None:
+        if not self.stopping:
+            log.info("stopping")
+            self.begin_stop()
+
+    def handle_hup(self) -> None:
+        self.reload()
+
+    def reload(self) -> list[str]:
+        """Load the policy file again; a broken one leaves the running policy in force."""
+        try:
+            policy = load_policy(self.options.config)
+        except PolicyInvalid as e:
+            for err in e.errors:
+                log.error("reload failed, keeping policy generation %d: %s", self.generation, err)
+            return [str(err) for err in e.errors]
+        self.policy = self._with_overrides(policy)
+        self.generation += 1
+        log.info("policy %s loaded as generation %d", self.options.config, self.generation)
+        self.distribute()
+        return []
+
+    # ---- workers -------------------------------------------------------------------------------------------------
+
+    def _send(self, name: str, message: msgspec.Struct) -> None:
+        try:
+            self.control.send_multipart([name.encode(), self.channel.encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warning("could not send %s to %s: %s", type(message).__name__, name, e)
+
+    def _pythonpath(self) -> str:
+        return self.options.worker_pythonpath or str(source_root())
+
+    def start_worker(self, slot: WorkerSlot) -> None:
+        slot.spawn(self.options.runtime_dir, self._pythonpath())
+        self.poller.register(slot.pidfd, zmq.POLLIN)
+
+    def on_exit(self, slot: WorkerSlot) -> None:
+        assert slot.pidfd is not None
+        self.poller.unregister(slot.pidfd)
+        pid, status = slot.pid, slot.reap()
+        how = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        if self.stopping or slot.state is WorkerState.STOPPING:
+            slot.set_state(WorkerState.STOPPED, how)
+            return
+        if slot.state is WorkerState.FATAL:
+            return  # refused at hello; already reported
+        now = time.monotonic()
+        delay = slot.backoff_delay(now)
+        if delay is None:
+            self.fatal(slot, f"pid {pid} {how}; it crashed {len(slot.crashes)} times within a minute")
+            return
+        slot.restart_at = now + delay
+        slot.restarts += 1
+        slot.set_state(WorkerState.BACKOFF, f"pid {pid} {how}; restarting in {delay:.1f}s")
+
+    def fatal(self, slot: WorkerSlot, reason: str) -> None:
+        slot.fatal_reason = reason
+        slot.set_state(WorkerState.FATAL, reason)
+        log.critical("worker %s cannot run: %s; pyoomd stops so that its service manager can act", slot.name, reason)
+        self.exit_code = 1
+        self.begin_stop()
+
+    def begin_stop(self) -> None:
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + STOP_TIMEOUT
+        for slot in self.slots.values():
+            if slot.pidfd is not None:
+                if slot.state is not WorkerState.FATAL:
+                    slot.set_state(WorkerState.STOPPING)
+                self._send(slot.name, Stop())
+                slot.signal(signal.SIGTERM)
+            elif slot.state is not WorkerState.FATAL:
+                slot.set_state(WorkerState.STOPPED)
+
+    # ---- control channel -----------------------------------------------------------------------------------------
+
+    def on_control(self) -> None:
+        while True:
+            try:
+                identity, frame = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                self.channel.dropped += 1
+                continue
+            slot = self.slots.get(identity.decode(errors="replace"))
+            msg = self.channel.decode(frame)
+            if slot is None or msg is None:
+                continue
+            if isinstance(msg, Hello):
+                self.on_hello(slot, msg)
+            elif isinstance(msg, Heartbeat):
+                slot.last_heartbeat = time.monotonic()
+            elif isinstance(msg, PolicyAck):
+                if msg.error:
+                    log.error("worker %s could not apply policy generation %d: %s", slot.name, msg.generation, msg.error)
+                else:
+                    slot.acked_generation = max(slot.acked_generation, msg.generation)
+                    self.distribute()
+            elif isinstance(msg, ActionRecord):
+                self.on_action(msg)
+            elif isinstance(msg, SnapshotEvaluated):
+                if not self.evaluated:
+                    self.evaluated = True
+                    log.info("first snapshot evaluated; pyoomd is protecting this host")
+
+    def on_hello(self, slot: WorkerSlot, hello: Hello) -> None:
+        if slot.pid != hello.pid:
+            return  # a process we did not start, or a stale one
+        if hello.build != self.build:
+            reason = (
+                f"it runs build {hello.build} but the supervisor is build {self.build} "
+                f"(workers load from {self._pythonpath()}): reinstall pyoomd, or restart it after an upgrade"
+            )
+            self._send(slot.name, Refused(reason=reason))
+            self.fatal(slot, reason)
+            return
+        self._send(slot.name, Welcome(build=self.build))
+        slot.last_heartbeat = time.monotonic()
+        slot.set_state(WorkerState.RUNNING)
+        self.distribute()
+
+    def on_action(self, record: ActionRecord) -> None:
+        pids = ",".join(map(str, record.pids)) or "-"
+        log.warning(
+            "action: ruleset %r group %r %s %s target=%s pids=%s signal=%s result=%s dry_run=%s (%s) in %.3fs: %s%s",
+            record.ruleset, record.group, record.plugin, "would kill" if record.dry_run else "kill",
+            record.target, pids, record.signal, record.result, record.dry_run, record.dry_run_source,
+            record.duration, record.reason, f" [{record.detail}]" if record.detail else "",
+        )
+        try:
+            self.action_log.append(record)
+        except OSError as e:
+            log.error("could not write %s: %s", self.action_log.path, e)
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+
+    def timers(self, now: float) -> float:
+        """Run what is due; return when to look again."""
+        wake = now + 1.0
+        for slot in self.slots.values():
+            if self.stopping:
+                if slot.pidfd is not None and now >= self.stop_deadline:
+                    log.warning("worker %s did not stop in %.0fs; killing it", slot.name, STOP_TIMEOUT)
+                    slot.signal(signal.SIGKILL)
+                continue
+            if slot.state is WorkerState.BACKOFF:
+                if now >= slot.restart_at:
+                    self.start_worker(slot)
+                else:
+                    wake = min(wake, slot.restart_at)
+            elif slot.state in (WorkerState.STARTING, WorkerState.RUNNING) and slot.pidfd is not None:
+                silent = now - slot.last_heartbeat
+                if silent > HEARTBEAT_TIMEOUT:
+                    log.error("worker %s silent for %.0fs; killing it to restart it", slot.name, silent)
+                    slot.signal(signal.SIGKILL)
+        if self.stopping:
+            wake = min(wake, max(self.stop_deadline, now + 0.05))
+        return wake
+
+    def run(self) -> int:
+        self.endpoints.prepare()
+        log.info("%s", self.layout.describe())
+        dry, source = self.dry_run()
+        log.info(
+            "pyoomd %s: policy %s (%d rulesets, interval %.2fs), dry-run %s (%s)",
+            self.build, self.options.config, len(self.policy.rulesets), self.policy.interval,
+            "on" if dry else "off", source,
+        )
+        self.zmq = zmq.Context()
+        self.control = control_server(self.zmq, self.endpoints)
+        self.channel = Channel("supervisor/control", ControlMessage)
+        self.signals = SignalQueue(list(self.SIGNALS))
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.signals.fileno(), zmq.POLLIN)
+        try:
+            for name in WORKER_ORDER:
+                self.start_worker(self.slots[name])
+            while not (self.stopping and all(s.pidfd is None for s in self.slots.values())):
+                now = time.monotonic()
+                wake = self.timers(now)
+                events = dict(self.poller.poll(max(0, int((wake - now) * 1000)) + 1))
+                if self.signals.fileno() in events:
+                    for signum in self.signals.drain():
+                        self.signal_table[signum]()
+                if self.control in events:
+                    self.on_control()
+                for slot in self.slots.values():
+                    if slot.pidfd is not None and slot.pidfd in events:
+                        self.on_exit(slot)
+        finally:
+            for slot in self.slots.values():  # never leave a worker behind, whatever went wrong
+                if slot.pidfd is not None:
+                    slot.signal(signal.SIGKILL)
+                    slot.reap()
+            self.zmq.destroy(linger=0)
+            for sock in ("control.sock", "snapshots.sock", "commands.sock"):
+                (self.options.runtime_dir / sock).unlink(missing_ok=True)
+        log.info("stopped")
+        return self.exit_code

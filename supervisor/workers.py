@@ -1,0 +1,110 @@
+"""The supervisor's table of worker processes and their states, after supervisord's.
+
+    STARTING --hello ok--> RUNNING --exit--> BACKOFF --delay--> STARTING
+        |                                       |
+        +--refused (other build)--> FATAL <-----+-- too many crashes in a row
+    any --stop--> STOPPING --exit--> STOPPED
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("pyoomd.supervisor")
+
+# Policy reaches the actuator first, so it never receives a command decided under a policy it lacks.
+WORKER_ORDER = ("actuator", "detector", "collector")
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+CRASH_WINDOW = 60.0
+CRASHES_BEFORE_FATAL = 5
+
+
+class WorkerState(enum.Enum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    FATAL = "FATAL"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+
+
+@dataclass
+class WorkerSlot:
+    name: str
+    state: WorkerState = WorkerState.STOPPED
+    proc: subprocess.Popen | None = None
+    pidfd: int | None = None
+    restarts: int = 0
+    crashes: deque[float] = field(default_factory=deque)
+    restart_at: float = 0.0
+    started_at: float = 0.0
+    last_heartbeat: float = 0.0
+    sent_generation: int = 0
+    acked_generation: int = 0
+    fatal_reason: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def set_state(self, new: WorkerState, why: str = "") -> None:
+        if new is self.state:
+            return
+        log.info(
+            "worker %s%s: %s -> %s%s",
+            self.name, f" (pid {self.pid})" if self.pid else "", self.state.value, new.value,
+            f": {why}" if why else "",
+        )
+        self.state = new
+
+    def spawn(self, runtime_dir: Path, pythonpath: str) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"workers.{self.name}", "--runtime-dir", str(runtime_dir),
+             "--supervisor-pid", str(os.getpid())],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        self.started_at = self.last_heartbeat = time.monotonic()
+        self.sent_generation = self.acked_generation = 0
+        self.set_state(WorkerState.STARTING)
+
+    def signal(self, sig: int) -> None:
+        """Signal this worker through its pidfd: never a recycled PID."""
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def reap(self) -> int:
+        """Collect the exited process; returns its exit status (negative: killed by that signal)."""
+        assert self.proc is not None and self.pidfd is not None
+        status = self.proc.wait()
+        os.close(self.pidfd)
+        self.pidfd = None
+        return status
+
+    def backoff_delay(self, now: float) -> float | None:
+        """Record a crash; the delay before the next start, or None when it should give up."""
+        self.crashes.append(now)
+        while self.crashes and now - self.crashes[0] > CRASH_WINDOW:
+            self.crashes.popleft()
+        if len(self.crashes) >= CRASHES_BEFORE_FATAL:
+            return None
+        return min(BACKOFF_FIRST * 2 ** (len(self.crashes) - 1), BACKOFF_MAX)

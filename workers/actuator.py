@@ -1,0 +1,164 @@
+"""The actuator: the only process that signals anything. It trusts no command blindly.
+
+Before acting it checks, for each ranked candidate in turn, that the command is current (same policy
+generation, not past its deadline), that the cgroup still exists as the same directory (inode), that it lies
+under the cgroups the ruleset's action names, and that it is not protected. It acts on the first candidate
+that passes, or on nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import zmq
+
+from cgroupfs import CgroupFS, detect_layout
+from cgroupfs.kill import signal_cgroup
+from ipc.codec import Channel
+from ipc.endpoints import command_server
+from ipc.messages import ActionRecord, CommandMessage, CommandResult, CommandStatus, KillCommand, PolicyUpdate
+from policy.paths import is_protected, matches_any
+from policy.plugins import build_plugin
+from policy.plugins.base import RulesetOptions
+from workers.base import Worker, main
+
+
+class Actuator(Worker):
+    name = "actuator"
+
+    def __init__(self, runtime_dir: Path) -> None:
+        super().__init__(runtime_dir)
+        self.fs = CgroupFS(detect_layout())
+        self.commands = command_server(self.zmq, self.endpoints)
+        self.command_channel = Channel("actuator/commands", CommandMessage)
+        self.add_socket(self.commands, self._on_command)
+        self.targets: dict[tuple[str, str], tuple[str, ...]] = {}  # (ruleset, plugin) -> cgroup patterns
+        self.protected: frozenset[str] = frozenset()
+        self.daemon_pid = os.getppid()
+
+    def dropped_frames(self) -> int:
+        return super().dropped_frames() + self.command_channel.dropped
+
+    def apply_policy(self, update: PolicyUpdate) -> None:
+        targets: dict[tuple[str, str], tuple[str, ...]] = {}
+        for rs in update.policy.rulesets:
+            opts = RulesetOptions(rs.name, rs.post_action_delay, update.policy.interval)
+            for spec in rs.actions:
+                plugin = build_plugin(spec, "action", opts)
+                patterns = getattr(plugin, "cgroups", None)
+                if patterns:
+                    targets[(rs.name, spec.name)] = targets.get((rs.name, spec.name), ()) + tuple(patterns)
+        self.targets = targets
+        # Our own view of what must never be touched, beside what the supervisor sent.
+        own = self.fs.own_paths(os.getpid()) | self.fs.own_paths(self.daemon_pid)
+        self.protected = frozenset(update.protected_paths) | own
+
+    def _daemon_pids(self) -> set[int]:
+        try:
+            sup = psutil.Process(self.daemon_pid)
+            return {self.daemon_pid, *(c.pid for c in sup.children(recursive=True))}
+        except psutil.Error:
+            return {self.daemon_pid, os.getpid()}
+
+    def _on_command(self) -> None:
+        while True:
+            try:
+                identity, frame = self.commands.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                self.command_channel.dropped += 1  # wrong number of frames
+                continue
+            msg = self.command_channel.decode(frame)
+            if not isinstance(msg, KillCommand):
+                continue
+            started = time.monotonic()
+            result = self.execute(msg)
+            duration = time.monotonic() - started
+            self.commands.send_multipart([identity, self.command_channel.encode(result)])
+            self.send_control(
+                ActionRecord(
+                    time=time.time(),
+                    command_id=msg.id,
+                    ruleset=msg.ruleset,
+                    group=msg.group,
+                    plugin=msg.plugin,
+                    target=result.target,
+                    pids=result.pids,
+                    signal=signal.Signals(msg.signal).name,
+                    dry_run=msg.dry_run,
+                    dry_run_source=msg.dry_run_source,
+                    result=result.status,
+                    duration=round(duration, 6),
+                    reason=msg.reason,
+                    detail=result.detail,
+                )
+            )
+
+    def _result(self, cmd: KillCommand, status: CommandStatus, target: str | None = None,
+                pids: list[int] | None = None, detail: str = "") -> CommandResult:
+        return CommandResult(id=cmd.id, status=status, target=target, pids=pids or [], detail=detail)
+
+    def execute(self, cmd: KillCommand) -> CommandResult:
+        assert self.update is not None
+        if cmd.generation != self.update.generation:
+            return self._result(cmd, "refused", detail=f"policy generation {cmd.generation}, "
+                                f"running {self.update.generation}")
+        if time.monotonic() > cmd.not_after:
+            return self._result(cmd, "expired", detail="past its deadline; it will be decided again")
+        patterns = self.targets.get((cmd.ruleset, cmd.plugin))
+        if not patterns:
+            return self._result(cmd, "refused", detail=f"ruleset {cmd.ruleset!r} has no action {cmd.plugin!r}")
+        daemon_pids = self._daemon_pids()
+
+        def refuse_pid(pid: int) -> str | None:
+            if pid == 1:
+                return "PID 1"
+            if pid in daemon_pids:
+                return "pyoomd itself"
+            return None
+
+        skipped: list[str] = []
+        for cand in cmd.candidates:
+            why_not = self._disqualify(cand.path, cand.inode, patterns, daemon_pids)
+            if why_not:
+                skipped.append(f"{cand.path}: {why_not}")
+                continue
+            report = signal_cgroup(
+                self.fs, cand.path, cmd.signal, time.monotonic() + cmd.kill_timeout, refuse_pid, cmd.dry_run
+            )
+            if not report.signalled:
+                skipped.append(f"{cand.path}: no process to signal")
+                continue
+            detail = "; ".join(skipped)
+            if report.skipped:
+                detail += f" left alone: {report.skipped}"
+            if cmd.dry_run:
+                return self._result(cmd, "dry-run", cand.path, report.signalled, detail)
+            if report.remaining:
+                return self._result(cmd, "failed", cand.path, report.signalled,
+                                    f"{detail} still present after {cmd.kill_timeout}s: {report.remaining}")
+            return self._result(cmd, "killed", cand.path, report.signalled, detail)
+        return self._result(cmd, "no-target", detail="; ".join(skipped))
+
+    def _disqualify(self, path: str, inode: int, patterns: tuple[str, ...], daemon_pids: set[int]) -> str | None:
+        if not matches_any(patterns, path):
+            return "not under the cgroups this action may act on"
+        if is_protected(path, self.protected):
+            return "protected (root, init.scope, or pyoomd's own cgroup)"
+        current = self.fs.identity(path)
+        if current is None:
+            return "gone"
+        if current != inode:
+            return "replaced by another cgroup of the same name"
+        if daemon_pids & self.fs.members(path):
+            return "holds pyoomd's own processes"
+        return None
+
+
+if __name__ == "__main__":
+    main(Actuator)

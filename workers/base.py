@@ -1,0 +1,167 @@
+"""What every worker shares: the hello, the policy hand-over, heartbeats, stopping, and one poll loop.
+
+A worker is a fresh interpreter exec'd by the supervisor. It dies with the supervisor (PR_SET_PDEATHSIG), so
+a supervisor killed outright leaves no orphan behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import zmq
+
+from ipc.build import build_id
+from ipc.codec import Channel
+from ipc.endpoints import HEARTBEAT_INTERVAL, Endpoints, control_client
+from ipc.messages import (
+    ControlMessage,
+    Heartbeat,
+    Hello,
+    Message,
+    PolicyAck,
+    PolicyUpdate,
+    Refused,
+    Stop,
+    Welcome,
+    WorkerName,
+)
+from ipc.signalqueue import SignalQueue
+
+EXIT_REFUSED = 78  # EX_CONFIG: the supervisor will not run this worker; restarting it cannot help
+HELLO_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(expected_parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != expected_parent:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+def setup_logging(name: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format=f"pyoomd[{name}:%(process)d] %(levelname)s %(message)s"
+    )
+
+
+class Worker:
+    name: ClassVar[WorkerName]
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.log = logging.getLogger(f"pyoomd.{self.name}")
+        self.endpoints = Endpoints(runtime_dir)
+        self.zmq = zmq.Context()
+        self.control = control_client(self.zmq, self.endpoints, self.name)
+        self.control_channel = Channel(f"{self.name}/control", ControlMessage)
+        self.signals = SignalQueue([signal.SIGTERM])
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C goes to the supervisor, which stops us
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.signals.fileno(), zmq.POLLIN)
+        self.handlers: dict[zmq.Socket, Callable[[], None]] = {}
+        self.update: PolicyUpdate | None = None
+        self.stopping = False
+        self._next_heartbeat = 0.0
+
+    # ---- for subclasses ----------------------------------------------------------------------------------------
+
+    def add_socket(self, sock: zmq.Socket, on_readable: Callable[[], None]) -> None:
+        self.poller.register(sock, zmq.POLLIN)
+        self.handlers[sock] = on_readable
+
+    def apply_policy(self, update: PolicyUpdate) -> None:
+        """Take a new policy; raise to refuse it (the error goes back to the supervisor)."""
+
+    def on_timer(self, now: float) -> float | None:
+        """Do timed work; return the next monotonic time this wants to run, or None."""
+        return None
+
+    def dropped_frames(self) -> int:
+        return self.control_channel.dropped
+
+    # ---- protocol ----------------------------------------------------------------------------------------------
+
+    def send_control(self, message: Message) -> None:
+        try:
+            self.control.send(self.control_channel.encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            self.log.warning("control channel full; dropped a %s message", type(message).__name__)
+
+    def handshake(self) -> None:
+        self.send_control(Hello(worker=self.name, pid=os.getpid(), build=build_id()))
+        deadline = time.monotonic() + HELLO_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.control.poll(int((deadline - time.monotonic()) * 1000) + 1):
+                continue
+            msg = self.control_channel.decode(self.control.recv())
+            if isinstance(msg, Welcome):
+                return
+            if isinstance(msg, Refused):
+                self.log.error("refused by the supervisor: %s", msg.reason)
+                sys.exit(EXIT_REFUSED)
+        self.log.error("no answer from the supervisor at %s within %.0f s", self.endpoints.control, HELLO_TIMEOUT)
+        sys.exit(1)
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                frame = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = self.control_channel.decode(frame)
+            if isinstance(msg, PolicyUpdate):
+                try:
+                    self.apply_policy(msg)
+                except Exception as e:  # a policy this worker cannot run must not kill it
+                    self.log.exception("cannot apply policy generation %d", msg.generation)
+                    self.send_control(PolicyAck(generation=msg.generation, error=f"{type(e).__name__}: {e}"))
+                    continue
+                self.update = msg
+                self.send_control(PolicyAck(generation=msg.generation))
+            elif isinstance(msg, Stop):
+                self.stopping = True
+            elif msg is not None:
+                self.log.warning("unexpected %s on the control channel; ignored", type(msg).__name__)
+
+    def run(self) -> int:
+        self.handshake()
+        next_timer: float | None = None
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= self._next_heartbeat:
+                self.send_control(Heartbeat(worker=self.name, dropped_frames=self.dropped_frames()))
+                self._next_heartbeat = now + HEARTBEAT_INTERVAL
+            wake = self._next_heartbeat if next_timer is None else min(next_timer, self._next_heartbeat)
+            events = dict(self.poller.poll(max(0, int((wake - now) * 1000)) + 1))
+            if self.signals.fileno() in events and self.signals.drain():
+                self.stopping = True
+                break
+            if self.control in events:
+                self._on_control()
+            for sock, handler in self.handlers.items():
+                if sock in events:
+                    handler()
+            if self.update is not None:
+                next_timer = self.on_timer(time.monotonic())
+        self.zmq.destroy(linger=0)
+        return 0
+
+
+def main(worker_cls: type[Worker]) -> None:
+    parser = argparse.ArgumentParser(prog=f"pyoomd-{worker_cls.name}")
+    parser.add_argument("--runtime-dir", type=Path, required=True)
+    parser.add_argument("--supervisor-pid", type=int, required=True)
+    args = parser.parse_args()
+    die_with_parent(args.supervisor_pid)
+    setup_logging(worker_cls.name)
+    sys.exit(worker_cls(args.runtime_dir).run())

@@ -1,0 +1,83 @@
+"""The detector: evaluate the policy on each snapshot, and send the actuator one concrete command."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import zmq
+
+from ipc.codec import Channel
+from ipc.endpoints import command_client, snapshot_receiver
+from ipc.messages import CommandMessage, CommandResult, PolicyUpdate, Snapshot, SnapshotEvaluated
+from policy.engine import Engine
+from workers.base import Worker, main
+
+
+class Detector(Worker):
+    name = "detector"
+
+    def __init__(self, runtime_dir: Path) -> None:
+        super().__init__(runtime_dir)
+        self.snapshots = snapshot_receiver(self.zmq, self.endpoints)
+        self.snapshot_channel = Channel("detector/snapshots", Snapshot)
+        self.commands = command_client(self.zmq, self.endpoints)
+        self.command_channel = Channel("detector/commands", CommandMessage)
+        self.engine: Engine | None = None
+        self.evaluated_generation = -1
+        self.add_socket(self.snapshots, self._on_snapshot)
+        self.add_socket(self.commands, self._on_result)
+
+    def dropped_frames(self) -> int:
+        return super().dropped_frames() + self.snapshot_channel.dropped + self.command_channel.dropped
+
+    def apply_policy(self, update: PolicyUpdate) -> None:
+        # A new generation starts from a clean slate, as an oomd restart would: commands still out are
+        # refused by the actuator (wrong generation) and their answers ignored here.
+        self.engine = Engine(
+            update.policy,
+            generation=update.generation,
+            dry_run=update.dry_run,
+            dry_run_source=update.dry_run_source,
+            protected=frozenset(update.protected_paths),
+        )
+
+    def _on_snapshot(self) -> None:
+        try:
+            frame = self.snapshots.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        snapshot = self.snapshot_channel.decode(frame)
+        if snapshot is None or self.engine is None:
+            return
+        if snapshot.generation != self.engine.generation:
+            return  # read for another policy: it may lack cgroups this one needs
+        now = time.monotonic()
+        outcome = self.engine.tick(snapshot, now)
+        for command in outcome.commands:
+            try:
+                self.commands.send(self.command_channel.encode(command), zmq.NOBLOCK)
+                self.log.info("ruleset %r (group %r): %s", command.ruleset, command.group, command.reason)
+            except zmq.Again:
+                self.log.error("no actuator connected; command %s dropped, deciding again", command.id)
+                self.engine.abandon(command.id)
+        if self.evaluated_generation != self.engine.generation:
+            self.evaluated_generation = self.engine.generation
+            self.send_control(SnapshotEvaluated(seq=snapshot.seq, generation=snapshot.generation))
+
+    def _on_result(self) -> None:
+        while True:
+            try:
+                frame = self.commands.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = self.command_channel.decode(frame)
+            if not isinstance(msg, CommandResult) or self.engine is None:
+                continue
+            if not self.engine.on_result(msg, time.monotonic()):
+                logging.getLogger("pyoomd.detector").info("late or unknown result for command %s ignored", msg.id)
+
+
+if __name__ == "__main__":
+    main(Detector)
