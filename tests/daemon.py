@@ -1,0 +1,78 @@
+"""Running `pyoomd run` as a user does, in the foreground, with its own runtime and state directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tests.realhost import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    def __init__(self, tmp: Path, policy: str, *extra: str) -> None:
+        self.tmp = tmp
+        self.config = tmp / "policy.yaml"
+        self.config.write_text(policy)
+        self.runtime_dir = tmp / "run"
+        self.state_dir = tmp / "state"
+        self.stderr_path = tmp / "pyoomd.stderr"
+        self.argv = [
+            sys.executable, "-m", "supervisor", "run", "--config", str(self.config),
+            "--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir), *extra,
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Daemon:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stderr=err,
+                                         stdout=err)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        return wait_for(lambda: re.search(pattern, self.log, re.MULTILINE), timeout, f"log line /{pattern}/\n{self.log}")
+
+    def worker_pids(self) -> dict[str, int]:
+        assert self.proc is not None
+        out = {}
+        for child in psutil.Process(self.proc.pid).children():
+            cmd = child.cmdline()
+            if "-m" in cmd:
+                out[cmd[cmd.index("-m") + 1].removeprefix("workers.")] = child.pid
+        return out
+
+    def actions(self) -> list[dict]:
+        path = self.state_dir / "actions.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> int:
+        """SIGTERM, then wait; returns the exit status. Asserts no worker outlives the supervisor."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            workers = self.worker_pids().values()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"pyoomd did not stop within 15s\n{self.log}") from None
+            stray = [pid for pid in workers if psutil.pid_exists(pid) and
+                     psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+            assert not stray, f"workers left behind: {stray}"
+        return self.proc.returncode
