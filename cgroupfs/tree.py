@@ -7,6 +7,7 @@ come from the memory controller's directory (the "primary" directory of a path);
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -221,10 +222,8 @@ class CgroupFS:
             stat = parse_flat_keyed(_read(d / "memory.stat"))
             protection = 0
             for name in ("memory.min", "memory.low"):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     protection = max(protection, parse_limit(_read(d / name)) or 0)
-                except FileNotFoundError:
-                    pass
             return {
                 "usage": int(_read(d / "memory.current")),
                 "limit": parse_limit(_read(d / "memory.max")),
@@ -253,10 +252,9 @@ class CgroupFS:
         if twin is None:
             return None  # pure v1: no per-cgroup PSI
         td = twin.dir_of(path)
-        if twin is not hier:
-            # Trust the cgroup2 twin only if it holds exactly the processes the primary directory holds.
-            if not td.is_dir() or self._members_of_dir(td) != members:
-                return None
+        # Trust the cgroup2 twin only if it holds exactly the processes the primary directory holds.
+        if twin is not hier and (not td.is_dir() or self._members_of_dir(td) != members):
+            return None
         try:
             return parse_pressure(_read(td / "memory.pressure"))
         except (FileNotFoundError, ValueError):

@@ -132,6 +132,8 @@ class ActionRecord(Message, tag="action"):
     detail: str = ""
 
 
-ControlMessage = Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
+ControlMessage = (
+    Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
+)
 CommandMessage = KillCommand | CommandResult
 AnyMessage = ControlMessage | Snapshot | KillCommand | CommandResult

@@ -155,6 +155,8 @@ def _ruleset(c: _Checker, node: Any, pos: tuple[int, int], interval: float) -> R
     groups: list[DetectorGroup] = []
     if "detectors" in m:
         seq = c.sequence(m["detectors"], "'detectors'", c.value_pos(m, "detectors"))
+        if seq is not None and not seq:
+            c.error(c.value_pos(m, "detectors"), "'detectors' is empty: the ruleset could never fire")
         for i, g in enumerate(seq or []):
             gpos = c.node_pos(g, tuple(seq.lc.item(i)))
             gm = c.mapping(g, "a detector group", gpos, GROUP_KEYS)
@@ -203,7 +205,10 @@ def _plugins(c: _Checker, parent: CommentedMap, key: str, kind: str, opts: Rules
         try:
             build_plugin(spec, kind, opts)  # type: ignore[arg-type]
         except ArgError as e:
-            where = c.key_pos(raw_args, e.arg) if e.arg is not None and e.arg in raw_args else c.key_pos(node, pname)
+            if e.arg is not None and e.arg in raw_args:
+                where = c.value_pos(raw_args, e.arg) if e.at_value else c.key_pos(raw_args, e.arg)
+            else:
+                where = c.key_pos(node, pname)
             c.error(where, f"{pname}: {e}")
             continue
         out.append(spec)

@@ -215,16 +215,17 @@ class Arbiter:
                 slot.last_heartbeat = time.monotonic()
             elif isinstance(msg, PolicyAck):
                 if msg.error:
-                    log.error("worker %s could not apply policy generation %d: %s", slot.name, msg.generation, msg.error)
+                    log.error(
+                        "worker %s could not apply policy generation %d: %s", slot.name, msg.generation, msg.error
+                    )
                 else:
                     slot.acked_generation = max(slot.acked_generation, msg.generation)
                     self.distribute()
             elif isinstance(msg, ActionRecord):
                 self.on_action(msg)
-            elif isinstance(msg, SnapshotEvaluated):
-                if not self.evaluated:
-                    self.evaluated = True
-                    log.info("first snapshot evaluated; pyoomd is protecting this host")
+            elif isinstance(msg, SnapshotEvaluated) and not self.evaluated:
+                self.evaluated = True
+                log.info("first snapshot evaluated; pyoomd is protecting this host")
 
     def on_hello(self, slot: WorkerSlot, hello: Hello) -> None:
         if slot.pid != hello.pid:

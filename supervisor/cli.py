@@ -77,7 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="pyoomd[supervisor:%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="pyoomd[supervisor:%(process)d] %(levelname)s %(message)s"
+    )
     if args.command == "check":
         sys.exit(cmd_check(args.path))
     sys.exit(cmd_run(args))

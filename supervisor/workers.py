@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -87,10 +88,8 @@ class WorkerSlot:
     def signal(self, sig: int) -> None:
         """Signal this worker through its pidfd: never a recycled PID."""
         if self.pidfd is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, sig)
-            except ProcessLookupError:
-                pass
 
     def reap(self) -> int:
         """Collect the exited process; returns its exit status (negative: killed by that signal)."""

@@ -43,7 +43,7 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        return wait_for(lambda: re.search(pattern, self.log, re.MULTILINE), timeout, f"log line /{pattern}/\n{self.log}")
+        return wait_for(lambda: re.search(pattern, self.log, re.MULTILINE), timeout, f"/{pattern}/ in\n{self.log}")
 
     def worker_pids(self) -> dict[str, int]:
         assert self.proc is not None

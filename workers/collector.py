@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -57,10 +58,9 @@ class Collector(Worker):
             host=host,
             cgroups=cgroups,
         )
-        try:
+        # No detector connected: drop it; CONFLATE would keep only the newest anyway.
+        with contextlib.suppress(zmq.Again):
             self.snapshots.send(self.snapshot_channel.encode(snapshot), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # no detector connected; CONFLATE keeps only the newest anyway
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from cgroupfs.stats import CgroupStats
 from ipc.messages import Candidate, KillCommand
 from policy.context import TickContext
 from policy.paths import is_protected, parse_cgroup_list
-from policy.plugins.base import Args, ArgError, Needs, Plugin, Ret, RulesetOptions, register
+from policy.plugins.base import ArgError, Args, Needs, Plugin, Ret, RulesetOptions, register
 from policy.plugins.detectors import _as_bool, _as_float
 from policy.units import parse_duration
 
@@ -35,7 +35,7 @@ class KillPlugin(Plugin):
         self.dry = args.get("dry", _as_bool, False)
         self.post_action_delay = args.get("post_action_delay", parse_duration, ruleset.post_action_delay)
         if args.get("recursive", _as_bool, False):
-            raise ArgError("recursive", "argument 'recursive': true is not supported yet")
+            raise ArgError("recursive", "argument 'recursive': true is not supported yet", at_value=True)
         args.get("debug", _as_bool, False)
         self.interval = ruleset.interval
 
@@ -95,7 +95,9 @@ class KillByMemorySizeOrGrowth(KillPlugin):
         self.min_growth_ratio = args.get("min_growth_ratio", _as_float, 1.25)
         self.growing_size_percentile = args.get("growing_size_percentile", _as_int, 80)
         if not 0 <= self.growing_size_percentile < 100:
-            raise ArgError("growing_size_percentile", "argument 'growing_size_percentile' must be in [0, 100)")
+            raise ArgError(
+                "growing_size_percentile", "argument 'growing_size_percentile' must be in [0, 100)", at_value=True
+            )
 
     def needs(self) -> Needs:
         return Needs(cgroups=self.cgroups, fields=frozenset({"memory"}), history=True)

@@ -20,9 +20,10 @@ class Ret(enum.Enum):
 class ArgError(ValueError):
     """A bad plugin argument; `arg` names it (None when the problem is the plugin as a whole)."""
 
-    def __init__(self, arg: str | None, message: str) -> None:
+    def __init__(self, arg: str | None, message: str, at_value: bool = False) -> None:
         super().__init__(message)
         self.arg = arg
+        self.at_value = at_value  # the value is wrong (point at it), not the argument's name
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Args:
         try:
             return parse(self._raw[name])
         except (ValueError, TypeError) as e:
-            raise ArgError(name, f"argument '{name}': {e}") from None
+            raise ArgError(name, f"argument '{name}': {e}", at_value=True) from None
 
     def has(self, name: str) -> bool:
         return name in self._raw

@@ -6,7 +6,7 @@ import re
 
 from policy.context import TickContext
 from policy.paths import parse_cgroup_list
-from policy.plugins.base import Args, ArgError, Needs, Plugin, Ret, RulesetOptions, register
+from policy.plugins.base import ArgError, Args, Needs, Plugin, Ret, RulesetOptions, register
 from policy.units import parse_duration, parse_size
 
 
@@ -23,7 +23,10 @@ def _as_bool(value: object) -> bool:
 def _as_float(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValueError(f"expected a number, got {value!r}") from None
 
 
 class _HeldFor:
@@ -53,7 +56,8 @@ class PressureAbove(Plugin):
         self.cgroups = args.get("cgroup", parse_cgroup_list, required=True)
         resource = args.get("resource", str, required=True)
         if resource != "memory":
-            raise ArgError("resource", f"argument 'resource': '{resource}' is not supported yet (memory is)")
+            raise ArgError("resource", f"argument 'resource': '{resource}' is not supported yet (memory is)",
+                           at_value=True)
         self.threshold = args.get("threshold", _as_float, required=True)
         self.held = _HeldFor(args.get("duration", parse_duration, required=True))
 
