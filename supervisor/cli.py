@@ -65,9 +65,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.critical("cannot start: %s", err)
         return 1
     options = Options(
-        config=args.config,
-        runtime_dir=args.runtime_dir,
-        state_dir=args.state_dir,
+        config=args.config.absolute(),
+        runtime_dir=args.runtime_dir.absolute(),  # workers run in "/"
+        state_dir=args.state_dir.absolute(),
         dry_run=args.dry_run,
         interval=args.interval,
         worker_pythonpath=args.worker_pythonpath,

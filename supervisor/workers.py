@@ -73,9 +73,12 @@ class WorkerSlot:
         env = dict(os.environ)
         env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        # -P and cwd "/": a worker imports pyoomd from PYTHONPATH (or the install), never from whatever
+        # directory the daemon happened to be started in.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"workers.{self.name}", "--runtime-dir", str(runtime_dir),
+            [sys.executable, "-P", "-m", f"workers.{self.name}", "--runtime-dir", str(runtime_dir),
              "--supervisor-pid", str(os.getpid())],
+            cwd="/",
             env=env,
             stdin=subprocess.DEVNULL,
             close_fds=True,

@@ -1,0 +1,121 @@
+"""The supervisor as a user meets it: processes, restarts, giving up, refusing a foreign build, stopping cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+
+import msgspec
+import pytest
+import zmq
+
+from tests.daemon import REPO, Daemon
+from tests.realhost import require_real_host, wait_for
+
+POLICY = """
+interval: 0.5
+rulesets:
+  - name: idle
+    detectors:
+      - name: never
+        all:
+          - pressure_above: {cgroup: "pyoomd-test-does-not-exist", resource: memory, threshold: 99, duration: 60}
+    actions:
+      - kill_by_memory_size_or_growth: {cgroup: "pyoomd-test-does-not-exist/*"}
+"""
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    require_real_host()
+    d = Daemon(tmp_path, POLICY)
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+
+
+def test_four_processes_layout_logged_and_clean_stop(daemon):
+    daemon.start()
+    daemon.wait_log(r"first snapshot evaluated")
+    assert "cgroup layout hybrid: " in daemon.log
+    assert "memory=/sys/fs/cgroup/memory" in daemon.log and "unified=/sys/fs/cgroup/unified" in daemon.log
+    pids = daemon.worker_pids()
+    assert sorted(pids) == ["actuator", "collector", "detector"]
+    assert daemon.stop() == 0
+    assert not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                   for pid in pids.values())
+    assert not list(daemon.runtime_dir.glob("*.sock")), "sockets left in the runtime directory"
+
+
+def test_supervisor_killed_outright_takes_its_workers_with_it(daemon):
+    daemon.start()
+    daemon.wait_log(r"first snapshot evaluated")
+    pids = daemon.worker_pids()
+    daemon.proc.send_signal(signal.SIGKILL)  # our own child
+    daemon.proc.wait()
+
+    def all_gone():
+        return not any(os.path.exists(f"/proc/{p}") for p in pids.values())
+    wait_for(all_gone, 10, "workers to die with their supervisor")
+
+
+def test_a_worker_that_keeps_crashing_is_fatal_and_the_daemon_exits(daemon):
+    daemon.start()
+    seen: set[int] = set()
+
+    def new_running_collector() -> int | None:
+        running = re.findall(r"worker collector \(pid (\d+)\): STARTING -> RUNNING", daemon.log)
+        fresh = [int(p) for p in running if int(p) not in seen]
+        return fresh[0] if fresh else None
+
+    for _ in range(5):
+        pid = wait_for(new_running_collector, 20, "a collector to reach RUNNING")
+        seen.add(pid)
+        os.kill(pid, signal.SIGKILL)  # our own grandchild, by PID
+        wait_for(lambda p=pid: f"pid {p} killed by SIGKILL" in daemon.log, 10, "the crash to be seen")
+    daemon.proc.wait(timeout=20)
+    assert daemon.proc.returncode == 1
+    assert "worker collector cannot run" in daemon.log
+    assert "crashed 5 times within a minute" in daemon.log
+    assert "-> FATAL" in daemon.log
+
+
+def test_worker_from_another_install_is_refused_once_not_restarted(daemon, tmp_path):
+    other = tmp_path / "other-install"
+    for pkg in ("supervisor", "workers", "ipc", "cgroupfs", "policy"):
+        shutil.copytree(REPO / pkg, other / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "workers" / "collector.py", "a") as f:
+        f.write("\n# a later release\n")
+    daemon.argv += ["--worker-pythonpath", str(other)]
+    daemon.start()
+    daemon.proc.wait(timeout=30)
+    assert daemon.proc.returncode == 1
+    log = daemon.log
+    assert log.count("STOPPED -> STARTING") == 3 and "BACKOFF" not in log, log
+    assert "but the supervisor is build" in log and "reinstall pyoomd" in log
+    assert "-> FATAL" in log
+
+
+def test_malformed_frames_are_dropped_and_the_worker_lives_on(daemon):
+    daemon.start()
+    daemon.wait_log(r"first snapshot evaluated")
+    detector = daemon.worker_pids()["detector"]
+    ctx = zmq.Context()
+    try:
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(f"ipc://{daemon.runtime_dir}/snapshots.sock")
+        for frame in (b"\xc1not msgpack", msgspec.msgpack.encode({"kind": "snapshot", "seq": "x"})):
+            push.send(frame)
+            time.sleep(0.3)  # the snapshot channel conflates: give each frame its own turn
+        push.close()
+    finally:
+        ctx.destroy(linger=1000)
+    daemon.wait_log(r"detector/snapshots: dropped a malformed frame \(\d+ bytes\): MessagePack data is malformed")
+    daemon.wait_log(r"detector/snapshots: dropped a malformed frame .*Expected `int`, got `str`")
+    time.sleep(1.5)
+    assert daemon.worker_pids()["detector"] == detector
+    assert "BACKOFF" not in daemon.log
