@@ -9,6 +9,7 @@ import signal
 import time
 
 import msgspec
+import psutil
 import pytest
 import zmq
 
@@ -45,7 +46,7 @@ def test_four_processes_layout_logged_and_clean_stop(daemon):
     pids = daemon.worker_pids()
     assert sorted(pids) == ["actuator", "collector", "detector"]
     assert daemon.stop() == 0
-    assert not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                    for pid in pids.values())
     assert not list(daemon.runtime_dir.glob("*.sock")), "sockets left in the runtime directory"
 

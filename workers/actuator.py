@@ -27,21 +27,15 @@ from policy.plugins.base import RulesetOptions
 from workers.base import Worker, main
 
 
-class Actuator(Worker):
-    name = "actuator"
+class CommandExecutor:
+    """Checks and carries out kill commands; the actuator's whole judgement, apart from its sockets."""
 
-    def __init__(self, runtime_dir: Path) -> None:
-        super().__init__(runtime_dir)
-        self.fs = CgroupFS(detect_layout())
-        self.commands = command_server(self.zmq, self.endpoints)
-        self.command_channel = Channel("actuator/commands", CommandMessage)
-        self.add_socket(self.commands, self._on_command)
+    def __init__(self, fs: CgroupFS, daemon_pid: int) -> None:
+        self.fs = fs
+        self.daemon_pid = daemon_pid
+        self.update: PolicyUpdate | None = None
         self.targets: dict[tuple[str, str], tuple[str, ...]] = {}  # (ruleset, plugin) -> cgroup patterns
         self.protected: frozenset[str] = frozenset()
-        self.daemon_pid = os.getppid()
-
-    def dropped_frames(self) -> int:
-        return super().dropped_frames() + self.command_channel.dropped
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         targets: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -52,68 +46,34 @@ class Actuator(Worker):
                 patterns = getattr(plugin, "cgroups", None)
                 if patterns:
                     targets[(rs.name, spec.name)] = targets.get((rs.name, spec.name), ()) + tuple(patterns)
-        self.targets = targets
         # Our own view of what must never be touched, beside what the supervisor sent.
         own = self.fs.own_paths(os.getpid()) | self.fs.own_paths(self.daemon_pid)
+        self.targets = targets
         self.protected = frozenset(update.protected_paths) | own
+        self.update = update
 
-    def _daemon_pids(self) -> set[int]:
+    def daemon_pids(self) -> set[int]:
         try:
             sup = psutil.Process(self.daemon_pid)
-            return {self.daemon_pid, *(c.pid for c in sup.children(recursive=True))}
+            return {self.daemon_pid, os.getpid(), *(c.pid for c in sup.children(recursive=True))}
         except psutil.Error:
             return {self.daemon_pid, os.getpid()}
 
-    def _on_command(self) -> None:
-        while True:
-            try:
-                identity, frame = self.commands.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                self.command_channel.dropped += 1  # wrong number of frames
-                continue
-            msg = self.command_channel.decode(frame)
-            if not isinstance(msg, KillCommand):
-                continue
-            started = time.monotonic()
-            result = self.execute(msg)
-            duration = time.monotonic() - started
-            self.commands.send_multipart([identity, self.command_channel.encode(result)])
-            self.send_control(
-                ActionRecord(
-                    time=time.time(),
-                    command_id=msg.id,
-                    ruleset=msg.ruleset,
-                    group=msg.group,
-                    plugin=msg.plugin,
-                    target=result.target,
-                    pids=result.pids,
-                    signal=signal.Signals(msg.signal).name,
-                    dry_run=msg.dry_run,
-                    dry_run_source=msg.dry_run_source,
-                    result=result.status,
-                    duration=round(duration, 6),
-                    reason=msg.reason,
-                    detail=result.detail,
-                )
-            )
-
-    def _result(self, cmd: KillCommand, status: CommandStatus, target: str | None = None,
+    @staticmethod
+    def _result(cmd: KillCommand, status: CommandStatus, target: str | None = None,
                 pids: list[int] | None = None, detail: str = "") -> CommandResult:
         return CommandResult(id=cmd.id, status=status, target=target, pids=pids or [], detail=detail)
 
     def execute(self, cmd: KillCommand) -> CommandResult:
-        assert self.update is not None
-        if cmd.generation != self.update.generation:
-            return self._result(cmd, "refused", detail=f"policy generation {cmd.generation}, "
-                                f"running {self.update.generation}")
+        if self.update is None or cmd.generation != self.update.generation:
+            running = self.update.generation if self.update else "none"
+            return self._result(cmd, "refused", detail=f"policy generation {cmd.generation}, running {running}")
         if time.monotonic() > cmd.not_after:
             return self._result(cmd, "expired", detail="past its deadline; it will be decided again")
         patterns = self.targets.get((cmd.ruleset, cmd.plugin))
         if not patterns:
             return self._result(cmd, "refused", detail=f"ruleset {cmd.ruleset!r} has no action {cmd.plugin!r}")
-        daemon_pids = self._daemon_pids()
+        daemon_pids = self.daemon_pids()
 
         def refuse_pid(pid: int) -> str | None:
             if pid == 1:
@@ -124,7 +84,7 @@ class Actuator(Worker):
 
         skipped: list[str] = []
         for cand in cmd.candidates:
-            why_not = self._disqualify(cand.path, cand.inode, patterns, daemon_pids)
+            why_not = self.disqualify(cand.path, cand.inode, patterns, daemon_pids)
             if why_not:
                 skipped.append(f"{cand.path}: {why_not}")
                 continue
@@ -145,7 +105,8 @@ class Actuator(Worker):
             return self._result(cmd, "killed", cand.path, report.signalled, detail)
         return self._result(cmd, "no-target", detail="; ".join(skipped))
 
-    def _disqualify(self, path: str, inode: int, patterns: tuple[str, ...], daemon_pids: set[int]) -> str | None:
+    def disqualify(self, path: str, inode: int, patterns: tuple[str, ...], daemon_pids: set[int]) -> str | None:
+        """Why `path` may not be acted on now, or None."""
         if not matches_any(patterns, path):
             return "not under the cgroups this action may act on"
         if is_protected(path, self.protected):
@@ -158,6 +119,58 @@ class Actuator(Worker):
         if daemon_pids & self.fs.members(path):
             return "holds pyoomd's own processes"
         return None
+
+
+class Actuator(Worker):
+    name = "actuator"
+
+    def __init__(self, runtime_dir: Path) -> None:
+        super().__init__(runtime_dir)
+        self.executor = CommandExecutor(CgroupFS(detect_layout()), daemon_pid=os.getppid())
+        self.commands = command_server(self.zmq, self.endpoints)
+        self.command_channel = Channel("actuator/commands", CommandMessage)
+        self.add_socket(self.commands, self._on_command)
+
+    def dropped_frames(self) -> int:
+        return super().dropped_frames() + self.command_channel.dropped
+
+    def apply_policy(self, update: PolicyUpdate) -> None:
+        self.executor.apply_policy(update)
+
+    def _on_command(self) -> None:
+        while True:
+            try:
+                identity, frame = self.commands.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                self.command_channel.dropped += 1  # wrong number of frames
+                continue
+            msg = self.command_channel.decode(frame)
+            if not isinstance(msg, KillCommand):
+                continue
+            started = time.monotonic()
+            result = self.executor.execute(msg)
+            duration = time.monotonic() - started
+            self.commands.send_multipart([identity, self.command_channel.encode(result)])
+            self.send_control(
+                ActionRecord(
+                    time=time.time(),
+                    command_id=msg.id,
+                    ruleset=msg.ruleset,
+                    group=msg.group,
+                    plugin=msg.plugin,
+                    target=result.target,
+                    pids=result.pids,
+                    signal=signal.Signals(msg.signal).name,
+                    dry_run=msg.dry_run,
+                    dry_run_source=msg.dry_run_source,
+                    result=result.status,
+                    duration=round(duration, 6),
+                    reason=msg.reason,
+                    detail=result.detail,
+                )
+            )
 
 
 if __name__ == "__main__":
