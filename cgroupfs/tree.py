@@ -11,7 +11,7 @@ import contextlib
 import errno
 import fnmatch
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cgroupfs.layout import Hierarchy, Layout
@@ -46,7 +46,7 @@ def is_under(path: str, ancestor: str) -> bool:
     return ancestor == "/" or path == ancestor or path.startswith(ancestor + "/")
 
 
-def _read(p: Path) -> str:
+def _read_file(p: Path) -> str:
     with open(p) as f:
         return f.read()
 
@@ -60,6 +60,26 @@ class CgroupFS:
         if layout.memory is not None and layout.memory not in self._lookup:
             self._lookup.insert(0, layout.memory)
         self._page_size = os.sysconf("SC_PAGE_SIZE")
+        self._tick_cache: dict[Path, str] | None = None
+
+    @contextlib.contextmanager
+    def tick(self) -> Iterator[CgroupFS]:
+        """Within a tick each file is read at most once (a parent's walk and its children's records share
+        their cgroup.procs); the next tick reads everything afresh."""
+        self._tick_cache = {}
+        try:
+            yield self
+        finally:
+            self._tick_cache = None
+
+    def _read(self, p: Path) -> str:
+        cache = self._tick_cache
+        if cache is None:
+            return _read_file(p)
+        text = cache.get(p)
+        if text is None:
+            text = cache[p] = _read_file(p)
+        return text
 
     # ---- finding cgroups -------------------------------------------------------------------------------------
 
@@ -111,12 +131,11 @@ class CgroupFS:
 
     # ---- members ---------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _members_of_dir(d: Path) -> set[int]:
+    def _members_of_dir(self, d: Path) -> set[int]:
         pids: set[int] = set()
         for root, _dirs, _files in os.walk(d):
             try:
-                pids.update(parse_pids(_read(Path(root) / "cgroup.procs")))
+                pids.update(parse_pids(self._read(Path(root) / "cgroup.procs")))
             except OSError as e:
                 if e.errno not in (errno.ENOENT, errno.ENODEV):
                     raise
@@ -132,7 +151,7 @@ class CgroupFS:
 
     def cgroups_of_pid(self, pid: int) -> dict[str, str]:
         """The pid's cgroup path in every hierarchy, keyed by controller ("" for cgroup2)."""
-        return parse_proc_cgroup(_read(self.proc / str(pid) / "cgroup"))
+        return parse_proc_cgroup(self._read(self.proc / str(pid) / "cgroup"))
 
     def pid_in(self, pid: int, path: str) -> bool:
         """Is `pid` inside the subtree of `path`, as seen in the path's primary hierarchy?"""
@@ -162,9 +181,9 @@ class CgroupFS:
     # ---- stats -----------------------------------------------------------------------------------------------
 
     def read_host(self) -> HostStats:
-        info = parse_meminfo(_read(self.proc / "meminfo"))
+        info = parse_meminfo(self._read(self.proc / "meminfo"))
         try:
-            pressure: Pressure | None = parse_pressure(_read(self.proc / "pressure" / "memory"))
+            pressure: Pressure | None = parse_pressure(self._read(self.proc / "pressure" / "memory"))
         except OSError:
             pressure = None  # kernel without PSI (before 4.20, or psi=0)
         return HostStats(
@@ -210,23 +229,23 @@ class CgroupFS:
 
     def _memory_figures(self, hier: Hierarchy, d: Path, path: str, members: set[int]) -> dict:
         if hier is self.layout.memory and hier.version == 1:
-            stat = parse_flat_keyed(_read(d / "memory.stat"))
+            stat = parse_flat_keyed(self._read(d / "memory.stat"))
             return {
-                "usage": int(_read(d / "memory.usage_in_bytes")),
-                "limit": parse_limit(_read(d / "memory.limit_in_bytes")),
+                "usage": int(self._read(d / "memory.usage_in_bytes")),
+                "limit": parse_limit(self._read(d / "memory.limit_in_bytes")),
                 "anon": stat.get("total_rss", stat.get("rss")),
                 "file": stat.get("total_cache", stat.get("cache")),
                 "shmem": stat.get("total_shmem", stat.get("shmem")),
             }
         if hier.version == 2 and (d / "memory.current").exists():
-            stat = parse_flat_keyed(_read(d / "memory.stat"))
+            stat = parse_flat_keyed(self._read(d / "memory.stat"))
             protection = 0
             for name in ("memory.min", "memory.low"):
                 with contextlib.suppress(FileNotFoundError):
-                    protection = max(protection, parse_limit(_read(d / name)) or 0)
+                    protection = max(protection, parse_limit(self._read(d / name)) or 0)
             return {
-                "usage": int(_read(d / "memory.current")),
-                "limit": parse_limit(_read(d / "memory.max")),
+                "usage": int(self._read(d / "memory.current")),
+                "limit": parse_limit(self._read(d / "memory.max")),
                 "anon": stat.get("anon"),
                 "file": stat.get("file"),
                 "shmem": stat.get("shmem"),
@@ -240,7 +259,7 @@ class CgroupFS:
         total = 0
         for pid in pids:
             try:
-                total += int(_read(self.proc / str(pid) / "statm").split()[1]) * self._page_size
+                total += int(self._read(self.proc / str(pid) / "statm").split()[1]) * self._page_size
             except (OSError, IndexError, ValueError):
                 continue
         return total
@@ -256,7 +275,7 @@ class CgroupFS:
         if twin is not hier and (not td.is_dir() or self._members_of_dir(td) != members):
             return None
         try:
-            return parse_pressure(_read(td / "memory.pressure"))
+            return parse_pressure(self._read(td / "memory.pressure"))
         except (FileNotFoundError, ValueError):
             return None
         except OSError as e:

@@ -263,6 +263,7 @@ def v2_host(
     tmp_path: Path,
     mountinfo: str = "mountinfo/v2-unified-host-opensuse-kubic",
     cgroups: dict[str, str] | None = None,
+    init_scope: bool = True,
 ) -> FixtureHost:
     """Pure v2. By default:
 
@@ -277,6 +278,7 @@ def v2_host(
         cgroups = {SYSTEM_SLICE: V2_SYSTEM_SLICE, SESSION_SCOPE: V2_SESSION}
     for path, rel in cgroups.items():
         host.add_cgroup("unified", path, rel)
-    host.add_cgroup("unified", "/init.scope", procs=[1])
-    host.add_process(1, "proc-self-cgroup/v2-unified-host-init-scope-opensuse-kubic")
+    if init_scope:
+        host.add_cgroup("unified", "/init.scope", procs=[1])
+        host.add_process(1, "proc-self-cgroup/v2-unified-host-init-scope-opensuse-kubic")
     return host

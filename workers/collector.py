@@ -42,13 +42,14 @@ class Collector(Worker):
         return self.next_tick
 
     def collect(self, update: PolicyUpdate) -> None:
-        host = self.fs.read_host()
         cgroups = []
         fields = self.needs.fields
-        for path in self.fs.resolve(self.needs.cgroups):  # globs resolved afresh every tick
-            stats = self.fs.read_stats(path, fields, host)
-            if stats is not None:
-                cgroups.append(stats)
+        with self.fs.tick():
+            host = self.fs.read_host()
+            for path in self.fs.resolve(self.needs.cgroups):  # globs resolved afresh every tick
+                stats = self.fs.read_stats(path, fields, host)
+                if stats is not None:
+                    cgroups.append(stats)
         self.seq += 1
         snapshot = Snapshot(
             seq=self.seq,
