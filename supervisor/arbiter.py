@@ -213,6 +213,7 @@ class Arbiter:
                 self.on_hello(slot, msg)
             elif isinstance(msg, Heartbeat):
                 slot.last_heartbeat = time.monotonic()
+                slot.dropped_frames = msg.dropped_frames
             elif isinstance(msg, PolicyAck):
                 if msg.error:
                     log.error(

@@ -51,6 +51,7 @@ class WorkerSlot:
     restart_at: float = 0.0
     started_at: float = 0.0
     last_heartbeat: float = 0.0
+    dropped_frames: int = 0  # malformed frames the worker has dropped, from its heartbeats
     sent_generation: int = 0
     acked_generation: int = 0
     fatal_reason: str = ""

@@ -127,6 +127,7 @@ class Worker:
                     self.send_control(PolicyAck(generation=msg.generation, error=f"{type(e).__name__}: {e}"))
                     continue
                 self.update = msg
+                self.log.info("applied policy generation %d", msg.generation)
                 self.send_control(PolicyAck(generation=msg.generation))
             elif isinstance(msg, Stop):
                 self.stopping = True

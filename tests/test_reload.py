@@ -1,0 +1,43 @@
+"""SIGHUP reload as an operator uses it (systemctl reload): a broken policy changes nothing, a good one takes
+effect, and the actuator holds a new policy before the detector can decide under it."""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+
+from tests.daemon import Daemon
+from tests.test_e2e_kill import policy_for, start_workloads
+
+pytestmark = pytest.mark.real
+
+IDLE = policy_for("pyoomd-test-nothing-here")
+
+
+def test_broken_policy_keeps_the_running_one_and_good_one_takes_effect(cgroups, tmp_path):
+    daemon = Daemon(tmp_path, IDLE).start()
+    try:
+        daemon.wait_log(r"first snapshot evaluated")
+        thrasher, sleeper = start_workloads(cgroups)
+
+        daemon.config.write_text(policy_for(cgroups.path).replace("threshold: 5,", "threshold: high,"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        m = daemon.wait_log(r"reload failed, keeping policy generation 1: (.*)$")
+        assert m.group(1).startswith(f"{daemon.config}:9:90:")
+        assert "argument 'threshold': expected a number, got 'high'" in m.group(1)
+        assert "generation 2" not in daemon.log
+        assert thrasher.poll() is None
+
+        daemon.config.write_text(policy_for(cgroups.path))
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_log(r"loaded as generation 2")
+        thrasher.wait(timeout=90)
+        assert thrasher.returncode == -signal.SIGKILL
+        assert sleeper.poll() is None
+        log = daemon.log
+        order = [m.group(1) for m in re.finditer(r"pyoomd\[(\w+):\d+\] INFO applied policy generation 2", log)]
+        assert order == ["actuator", "detector", "collector"], order
+    finally:
+        assert daemon.stop() == 0
