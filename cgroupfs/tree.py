@@ -56,9 +56,10 @@ class CgroupFS:
         self.layout = layout
         self.proc = Path(proc)
         # Hierarchies a policy path is looked up in, in order of preference for memory accounting.
-        self._lookup: list[Hierarchy] = [h for h in (layout.memory, layout.unified) if h is not None]
-        if layout.memory is not None and layout.memory not in self._lookup:
-            self._lookup.insert(0, layout.memory)
+        self._lookup: list[Hierarchy] = []
+        for h in (layout.memory, layout.unified):
+            if h is not None and h not in self._lookup:
+                self._lookup.append(h)
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._tick_cache: dict[Path, str] | None = None
 
@@ -149,6 +150,24 @@ class CgroupFS:
     def _hierarchy_key(self, h: Hierarchy) -> str:
         return "" if h.version == 2 else h.controllers[0]
 
+    def _hierarchy_of_key(self, key: str) -> Hierarchy | None:
+        return self.layout.unified if key == "" else self.layout.v1(key)
+
+    @staticmethod
+    def _in_mount(h: Hierarchy, proc_path: str) -> str | None:
+        """A /proc/PID/cgroup path as a path within mount `h`, or None if the mount does not show it.
+
+        /proc paths are relative to the reader's cgroup namespace; the mount shows the subtree at its root
+        field (a container's own cgroup, or "/../.." seen from inside another namespace)."""
+        root = h.root.rstrip("/")
+        if not root:
+            return proc_path
+        if proc_path == root:
+            return "/"
+        if proc_path.startswith(root + "/"):
+            return proc_path[len(root):]
+        return None
+
     def cgroups_of_pid(self, pid: int) -> dict[str, str]:
         """The pid's cgroup path in every hierarchy, keyed by controller ("" for cgroup2)."""
         return parse_proc_cgroup(self._read(self.proc / str(pid) / "cgroup"))
@@ -162,7 +181,10 @@ class CgroupFS:
             where = self.cgroups_of_pid(pid).get(self._hierarchy_key(loc[0]))
         except OSError:
             return False
-        return where is not None and is_under(where, path)
+        if where is None:
+            return False
+        inside = self._in_mount(loc[0], where)
+        return inside is not None and is_under(inside, path)
 
     def own_paths(self, pid: int) -> set[str]:
         """The cgroups `pid` sits in across all hierarchies, with all their ancestors."""
@@ -171,8 +193,15 @@ class CgroupFS:
             entries = self.cgroups_of_pid(pid)
         except OSError:
             return out
-        for path in entries.values():
-            p = normalize(path)
+        for key, proc_path in entries.items():
+            h = self._hierarchy_of_key(key)
+            inside = self._in_mount(h, proc_path) if h is not None else None
+            if inside is None:
+                continue  # a hierarchy not mounted here, or a cgroup outside what the mount shows
+            try:
+                p = normalize(inside)
+            except CgroupPathError:
+                continue
             while p != "/":
                 out.add(p)
                 p = p.rsplit("/", 1)[0] or "/"
@@ -218,14 +247,9 @@ class CgroupFS:
             inode=inode,
             pressure=pressure,
             nr_procs=len(members),
-            populated=bool(members) or self._has_children(d),
+            populated=bool(members),  # members of the whole subtree, as the kernel's "populated" counts
             **figures,
         )
-
-    @staticmethod
-    def _has_children(d: Path) -> bool:
-        with os.scandir(d) as it:
-            return any(e.is_dir(follow_symlinks=False) for e in it)
 
     def _memory_figures(self, hier: Hierarchy, d: Path, path: str, members: set[int]) -> dict:
         if hier is self.layout.memory and hier.version == 1:
@@ -239,17 +263,20 @@ class CgroupFS:
             }
         if hier.version == 2 and (d / "memory.current").exists():
             stat = parse_flat_keyed(self._read(d / "memory.stat"))
+            usage = int(self._read(d / "memory.current"))
+            # oomd's raw protection: min(usage, max(memory.min, memory.low)); "max" protects all of it.
             protection = 0
             for name in ("memory.min", "memory.low"):
                 with contextlib.suppress(FileNotFoundError):
-                    protection = max(protection, parse_limit(self._read(d / name)) or 0)
+                    value = parse_limit(self._read(d / name))
+                    protection = max(protection, usage if value is None else value)
             return {
-                "usage": int(self._read(d / "memory.current")),
+                "usage": usage,
                 "limit": parse_limit(self._read(d / "memory.max")),
                 "anon": stat.get("anon"),
                 "file": stat.get("file"),
                 "shmem": stat.get("shmem"),
-                "protection": protection,
+                "protection": min(protection, usage),
             }
         # No memory cgroup of its own (a cgroup2 directory on a hybrid host, or the cgroup2 root):
         # the members' resident memory stands in, marked as an estimate.

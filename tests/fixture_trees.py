@@ -1,8 +1,9 @@
 """Fixture trees: cgroup hierarchies and a fake /proc under pytest's tmp_path, built from real kernel samples.
 
-The samples live in the read-only `shared/fixtures` folder beside the repository (`$PYOOMD_FIXTURES` overrides
-it); `shared/fixtures/SOURCES.md` gives the provenance of every file. Nothing here writes into that folder: each
-sample file is copied into a fresh directory that plays the part of a cgroup directory.
+The samples are a verbatim copy of the project's shared kernel samples, kept in `tests/fixtures/kernel-samples`
+so that the repository tests on its own (`$PYOOMD_FIXTURES` points elsewhere); its `SOURCES.md` gives the
+provenance of every file. Nothing here writes into that folder: each sample file is copied into a fresh
+directory that plays the part of a cgroup directory.
 
 What the trees add to the samples, and only this:
 - the directory structure (each sample is put at the path it had on its host, read from the paired
@@ -26,7 +27,7 @@ from cgroupfs.tree import CgroupFS
 
 def fixtures_dir() -> Path:
     env = os.environ.get("PYOOMD_FIXTURES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    return Path(env) if env else Path(__file__).resolve().parent / "fixtures" / "kernel-samples"
 
 
 FIXTURES = fixtures_dir()
@@ -35,7 +36,7 @@ FIXTURES = fixtures_dir()
 def sample(rel: str) -> Path:
     p = FIXTURES / rel
     if not p.exists():
-        raise FileNotFoundError(f"kernel sample {p} is missing (is the shared folder there? PYOOMD_FIXTURES?)")
+        raise FileNotFoundError(f"kernel sample {p} is missing (tests/fixtures/kernel-samples, or $PYOOMD_FIXTURES)")
     return p
 
 
@@ -159,7 +160,9 @@ class FixtureHost:
     def cgroup_dir(self, name: str, path: str) -> Path:
         return self.hierarchy(name).dir_of(path)
 
-    def add_cgroup(self, name: str, path: str, sample_rel: str | None = None, procs=None) -> Path:
+    def add_cgroup(
+        self, name: str, path: str, sample_rel: str | None = None, procs: set[int] | list[int] | None = None
+    ) -> Path:
         """Create cgroup `path` in hierarchy `name` from a sample directory, optionally with a cgroup.procs."""
         d = self.cgroup_dir(name, path)
         d.mkdir(parents=True, exist_ok=True)
@@ -270,7 +273,8 @@ def v2_host(
     /system.slice                                  v2/kernel-5.12-fedora-system-slice (no cgroup.procs)
     /user.slice/user-1000.slice/session-520.scope  v2/kernel-6.x-fedora-session-scope (14 PIDs)
     /init.scope                                    cgroup.procs: 1, with /proc/1/cgroup = `0::/init.scope`
-                                                   (the openSUSE Kubic PID 1 sample, same host as the mountinfo)
+                                                   (the openSUSE Kubic PID 1 sample, same host as the mountinfo;
+                                                   left out with init_scope=False, e.g. inside a container)
     /proc: this machine's meminfo and pressure/memory.
     """
     host = host_from_mountinfo(tmp_path, mountinfo)

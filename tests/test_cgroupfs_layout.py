@@ -248,7 +248,8 @@ def test_a_second_mount_of_the_same_hierarchy_is_a_bind_mount_first_wins():
 
 
 def test_no_cgroup_mount_is_a_layout_error():
-    text = "".join(ln + "\n" for ln in sample_lines("mountinfo/v2-unified-host-opensuse-kubic") if " - cgroup" not in ln)
+    lines = sample_lines("mountinfo/v2-unified-host-opensuse-kubic")
+    text = "".join(ln + "\n" for ln in lines if " - cgroup" not in ln)
     assert parse_mountinfo(text) == []
     with pytest.raises(LayoutError, match="no cgroup hierarchy"):
         layout_from_mountinfo(text)
@@ -490,30 +491,16 @@ def test_cgroupns_mount_pid1_is_a_member_of_init_scope(tmp_path):
     assert fs.members("/init.scope") == {1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pid_in compares /proc/PID/cgroup paths (relative to the reader's cgroup namespace) with "
-    "mount-relative paths without applying Hierarchy.root: '/../../init.scope' is not seen under '/init.scope'",
-)
 def test_cgroupns_mount_pid_in_applies_the_mount_root(tmp_path):
     fs = _tumbleweed_host(tmp_path).fs()
     assert fs.pid_in(1, "/init.scope")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: own_paths normalizes raw /proc/PID/cgroup paths; '/../../init.scope' raises CgroupPathError",
-)
 def test_cgroupns_mount_own_paths_applies_the_mount_root(tmp_path):
     fs = _tumbleweed_host(tmp_path).fs()
     assert fs.own_paths(1) == {"/", "/init.scope"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: own_paths ignores Hierarchy.root: in a container without a cgroup namespace the process sits "
-    "at the mount's root, but own_paths returns the host's /kubepods.slice/... paths instead of {'/'}",
-)
 def test_bind_mounted_container_own_paths_are_mount_relative(tmp_path):
     host = v2_host(tmp_path, "mountinfo/v2-container-no-cgroupns-crio-opensuse-kubic", cgroups={}, init_scope=False)
     rel = "proc-self-cgroup/v2-container-no-cgroupns-crio"
