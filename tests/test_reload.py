@@ -22,10 +22,12 @@ def test_broken_policy_keeps_the_running_one_and_good_one_takes_effect(cgroups, 
         daemon.wait_log(r"first snapshot evaluated")
         thrasher, sleeper = start_workloads(cgroups)
 
-        daemon.config.write_text(policy_for(cgroups.path).replace("threshold: 5,", "threshold: high,"))
+        broken = policy_for(cgroups.path).replace("threshold: 5,", "threshold: high,")
+        daemon.config.write_text(broken)
+        line_no, line = next((i, ln) for i, ln in enumerate(broken.splitlines(), 1) if "high" in ln)
         daemon.proc.send_signal(signal.SIGHUP)
         m = daemon.wait_log(r"reload failed, keeping policy generation 1: (.*)$")
-        assert m.group(1).startswith(f"{daemon.config}:9:90:")
+        assert m.group(1).startswith(f"{daemon.config}:{line_no}:{line.index('high') + 1}:")
         assert "argument 'threshold': expected a number, got 'high'" in m.group(1)
         assert "generation 2" not in daemon.log
         assert thrasher.poll() is None
