@@ -142,6 +142,25 @@ class CgroupFS:
                     raise
         return pids
 
+    def twin(self, path: str, which: str) -> Path | None:
+        """The directory of `path` in another hierarchy ("unified", or a v1 controller such as "freezer"),
+        only if it exists and holds exactly the processes the path's primary directory holds.
+
+        The primary directory is its own twin (a v2 host, or a path that exists only in cgroup2)."""
+        loc = self.locate(path)
+        h = self.layout.unified if which == "unified" else self.layout.v1(which)
+        if loc is None or h is None:
+            return None
+        if h is loc[0]:
+            return loc[1]
+        d = h.dir_of(path)
+        if not d.is_dir():
+            return None
+        try:
+            return d if self._members_of_dir(d) == self._members_of_dir(loc[1]) else None
+        except FileNotFoundError:
+            return None
+
     def members(self, path: str) -> set[int]:
         """Every process in the subtree of `path` (in its primary hierarchy)."""
         loc = self.locate(path)
