@@ -22,18 +22,35 @@ class Pressure(msgspec.Struct, frozen=True):
 
 
 class CgroupStats(msgspec.Struct, frozen=True):
+    """One cgroup at one moment. Every figure is for the whole subtree. None: not read, or not available on
+    this layout or kernel (never a made-up 0). Counters (pgscan, refaults, ...) are cumulative."""
+
     path: str  # "/a/b", the same string on every layout
     inode: int  # identity of the directory the stats came from; the actuator re-checks it before acting
-    usage: int | None = None  # bytes, hierarchical
+    # "memory"
+    usage: int | None = None  # bytes
     limit: int | None = None  # bytes; None when unlimited
     anon: int | None = None
     file: int | None = None
     shmem: int | None = None
-    protection: int = 0  # v2 min(usage, max(memory.min, memory.low)), "max" protecting all; v1 has none
-    memory_estimated: bool = False  # figures summed from members' RSS: the path has no memory cgroup
-    pressure: Pressure | None = None  # from this cgroup's own PSI file only (or host PSI for "/")
+    protection: int | None = None  # v2 min(usage, max(memory.min, memory.low)), "max" protecting all; v1 none
+    memory_estimated: bool = False  # usage summed from members' RSS: the path has no memory cgroup here
+    # "swap"
+    swap_usage: int | None = None  # v2 memory.swap.current; v1 memsw minus usage (with swap accounting)
+    swap_limit: int | None = None
+    # "reclaim"
+    pgscan: int | None = None  # v2 only
+    workingset_refault: int | None = None  # anon + file where split (5.9+)
+    pgmajfault: int | None = None
+    # "oom"
+    failcnt: int | None = None  # v1: times usage hit the limit
+    oom_kills: int | None = None  # kernel OOM kills in the subtree (v1 4.13+, v2)
+    # "tree" (always read)
     nr_procs: int | None = None  # processes in the subtree
     populated: bool | None = None
+    nr_dying_descendants: int | None = None  # v2 only
+    # "pressure"
+    pressure: Pressure | None = None  # from this cgroup's own PSI file only (host PSI stands for "/" alone)
 
 
 class HostStats(msgspec.Struct, frozen=True):

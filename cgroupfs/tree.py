@@ -14,10 +14,9 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from cgroupfs.figures import FIELD_GROUPS, root_from_meminfo, v1_memory, v2_memory, v2_tree
 from cgroupfs.layout import Hierarchy, Layout
 from cgroupfs.parse import (
-    parse_flat_keyed,
-    parse_limit,
     parse_meminfo,
     parse_pids,
     parse_pressure,
@@ -25,7 +24,7 @@ from cgroupfs.parse import (
 )
 from cgroupfs.stats import CgroupStats, HostStats, Pressure
 
-FIELDS_ALL = frozenset({"memory", "pressure"})
+FIELDS_ALL = FIELD_GROUPS
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -245,7 +244,9 @@ class CgroupFS:
     def read_stats(
         self, path: str, fields: frozenset[str] = FIELDS_ALL, host: HostStats | None = None
     ) -> CgroupStats | None:
-        """One record for `path`, or None if it does not exist (any more)."""
+        """One record for `path` with the field groups asked for, or None if it does not exist (any more).
+
+        A cgroup removed while we read it is simply absent from this tick: no error, no log."""
         loc = self.locate(path)
         if loc is None:
             return None
@@ -254,52 +255,38 @@ class CgroupFS:
             inode = os.stat(d).st_ino
             members = self._members_of_dir(d)
             figures: dict = {}
-            if "memory" in fields:
-                figures.update(self._memory_figures(hier, d, path, members))
-            pressure = None
+            if fields & {"memory", "swap", "reclaim", "oom"}:
+                figures.update(self._memory_figures(hier, d, path, members, fields))
+            if "tree" in fields and hier.version == 2:
+                figures.update(v2_tree(self._read, d))
             if "pressure" in fields:
-                pressure = self._pressure(hier, path, members, host)
-        except FileNotFoundError:
-            return None  # removed while we read it
+                figures["pressure"] = self._pressure(hier, path, members, host)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENODEV):
+                return None  # removed while we read it
+            raise
         return CgroupStats(
             path=path,
             inode=inode,
-            pressure=pressure,
             nr_procs=len(members),
             populated=bool(members),  # members of the whole subtree, as the kernel's "populated" counts
             **figures,
         )
 
-    def _memory_figures(self, hier: Hierarchy, d: Path, path: str, members: set[int]) -> dict:
+    def _memory_figures(
+        self, hier: Hierarchy, d: Path, path: str, members: set[int], fields: frozenset[str]
+    ) -> dict:
         if hier is self.layout.memory and hier.version == 1:
-            stat = parse_flat_keyed(self._read(d / "memory.stat"))
-            return {
-                "usage": int(self._read(d / "memory.usage_in_bytes")),
-                "limit": parse_limit(self._read(d / "memory.limit_in_bytes")),
-                "anon": stat.get("total_rss", stat.get("rss")),
-                "file": stat.get("total_cache", stat.get("cache")),
-                "shmem": stat.get("total_shmem", stat.get("shmem")),
-            }
+            return v1_memory(self._read, d, fields)
         if hier.version == 2 and (d / "memory.current").exists():
-            stat = parse_flat_keyed(self._read(d / "memory.stat"))
-            usage = int(self._read(d / "memory.current"))
-            # oomd's raw protection: min(usage, max(memory.min, memory.low)); "max" protects all of it.
-            protection = 0
-            for name in ("memory.min", "memory.low"):
-                with contextlib.suppress(FileNotFoundError):
-                    value = parse_limit(self._read(d / name))
-                    protection = max(protection, usage if value is None else value)
-            return {
-                "usage": usage,
-                "limit": parse_limit(self._read(d / "memory.max")),
-                "anon": stat.get("anon"),
-                "file": stat.get("file"),
-                "shmem": stat.get("shmem"),
-                "protection": min(protection, usage),
-            }
-        # No memory cgroup of its own (a cgroup2 directory on a hybrid host, or the cgroup2 root):
-        # the members' resident memory stands in, marked as an estimate.
-        return {"usage": self._rss_sum(members), "memory_estimated": True}
+            return v2_memory(self._read, d, fields)
+        if path == "/" and hier.version == 2:
+            return root_from_meminfo(parse_meminfo(self._read(self.proc / "meminfo")), fields)
+        # No memory cgroup of its own (a cgroup2 directory on a hybrid host): the members' resident memory
+        # stands in, marked as an estimate.
+        if "memory" in fields:
+            return {"usage": self._rss_sum(members), "memory_estimated": True}
+        return {}
 
     def _rss_sum(self, pids: set[int]) -> int:
         total = 0
@@ -311,15 +298,25 @@ class CgroupFS:
         return total
 
     def _pressure(self, hier: Hierarchy, path: str, members: set[int], host: HostStats | None) -> Pressure | None:
-        if path == "/":
-            return host.pressure if host is not None else self.read_host().pressure
         twin = self.layout.unified
+        if path == "/":
+            # The root of what we see. Its own memory.pressure, where the kernel has one, is right both on the
+            # host (system-wide) and in a cgroup namespace (the namespace's root). Host PSI stands in only for
+            # the true root: a mount whose root is "/" (not a container's bind-mounted subtree).
+            if twin is not None and (twin.dir_of("/") / "memory.pressure").exists():
+                return self._own_pressure(twin.dir_of("/"))
+            if hier.root == "/":
+                return host.pressure if host is not None else self.read_host().pressure
+            return None
         if twin is None:
             return None  # pure v1: no per-cgroup PSI
         td = twin.dir_of(path)
         # Trust the cgroup2 twin only if it holds exactly the processes the primary directory holds.
         if twin is not hier and (not td.is_dir() or self._members_of_dir(td) != members):
             return None
+        return self._own_pressure(td)
+
+    def _own_pressure(self, td: Path) -> Pressure | None:
         try:
             return parse_pressure(self._read(td / "memory.pressure"))
         except (FileNotFoundError, ValueError):

@@ -318,7 +318,7 @@ def test_read_stats_v1_memory_figures(tmp_path, path, rel):
     assert st.anon == stat["total_rss"]
     assert st.file == stat["total_cache"]
     assert st.shmem == stat.get("total_shmem")
-    assert st.protection == 0
+    assert st.protection is None  # v1 has no memory.min/low: absent, not 0
     assert st.memory_estimated is False
     assert st.pressure is None  # pure v1 on a kernel before PSI: no per-cgroup PSI, no host PSI for "/"
     assert st.nr_procs == len(fs.members(path))
@@ -458,7 +458,7 @@ def test_hybrid_unified_only_path_is_estimated_from_statm(tmp_path):
     assert expected > 0
     assert st.memory_estimated is True
     assert st.usage == expected
-    assert (st.limit, st.anon, st.file, st.shmem, st.protection) == (None, None, None, None, 0)
+    assert (st.limit, st.anon, st.file, st.shmem, st.protection) == (None, None, None, None, None)
     # Its own cgroup2 directory: its own PSI, no member check needed.
     assert st.pressure == expected_pressure(f"{V2_HYBRID_CHILD}/memory.pressure")
     assert st.nr_procs == 3
@@ -475,12 +475,15 @@ def test_hybrid_unified_only_path_with_the_4_15_twin_has_no_pressure_file(tmp_pa
     assert st.usage == rss_bytes_of_statm((host.proc / str(UBUNTU_SERVICE_PID) / "statm").read_text())
 
 
-def test_hybrid_unified_root_sample_is_not_used_for_slash(tmp_path):
-    # The unified root's memory.pressure equals the host's in these samples; either way "/" reads the host's.
+def test_slash_reads_the_cgroup2_roots_own_psi_file_else_the_hosts(tmp_path):
+    # The kernel's root memory.pressure is system-wide (it equals /proc/pressure/memory in these samples), and in
+    # a cgroup namespace it is the namespace root's own: so "/" reads it where it exists, the host's otherwise.
     assert psi_lines(f"{V2_HYBRID_ROOT}/memory.pressure") == psi_lines(PSI_618)
     host = hybrid_host(tmp_path)
     other = "proc/kernel-4.20-5.12-node-exporter-2019/pressure-memory"
     (host.proc / "pressure" / "memory").write_text(sample_text(other))
+    assert host.fs().read_stats("/").pressure == expected_pressure(f"{V2_HYBRID_ROOT}/memory.pressure")
+    (host.cgroup_dir("unified", "/") / "memory.pressure").unlink()  # a kernel whose root has no PSI file
     assert host.fs().read_stats("/").pressure == expected_pressure(other)
 
 
@@ -564,13 +567,17 @@ def test_read_stats_v2_experimental_psi_format_gives_no_pressure(tmp_path):
     assert st.usage == sample_int(f"{V2_SESSION}/memory.current")
 
 
-def test_read_stats_v2_root_is_estimated_with_host_psi(tmp_path):
-    # The cgroup2 root has no memory.current: members' RSS stands in; its PSI is the host's.
+def test_read_stats_v2_root_comes_from_meminfo_with_host_psi(tmp_path):
+    # The cgroup2 root has no memory.current: /proc/meminfo speaks for it (oomd: MemTotal - MemFree).
     host = v2_host(tmp_path)
     host.add_process(1, "proc-self-cgroup/v2-unified-host-init-scope-opensuse-kubic", statm=True)
     st = host.fs().read_stats("/")
-    assert st.memory_estimated is True
-    assert st.usage == rss_bytes_of_statm((host.proc / "1" / "statm").read_text())
+    info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in (host.proc / "meminfo").read_text().splitlines()
+            if ln.split()[-1] == "kB"}
+    assert st.memory_estimated is False
+    assert st.usage == info["MemTotal"] - info["MemFree"]
+    assert (st.anon, st.file, st.shmem) == (info["AnonPages"], info["Cached"], info["Shmem"])
+    assert st.limit is None
     assert st.pressure == expected_pressure(PSI_618)
     assert st.nr_procs == 15  # the session's 14 and PID 1 in init.scope
 

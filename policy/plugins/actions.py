@@ -109,7 +109,7 @@ class KillByMemorySizeOrGrowth(KillPlugin):
         size_floor = total * self.size_threshold / 100
 
         def effective(cg: CgroupStats) -> int:
-            return (cg.usage or 0) - cg.protection
+            return (cg.usage or 0) - (cg.protection or 0)
 
         growth_floor = 0
         if self.growing_size_percentile > 0:
