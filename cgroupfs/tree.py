@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cgroupfs.figures import FIELD_GROUPS, root_from_meminfo, v1_memory, v2_memory, v2_tree
+from cgroupfs.keptfiles import KeptFiles
 from cgroupfs.layout import Hierarchy, Layout
 from cgroupfs.parse import (
     parse_meminfo,
@@ -61,25 +62,30 @@ class CgroupFS:
                 self._lookup.append(h)
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._tick_cache: dict[Path, str] | None = None
+        self._kept = KeptFiles()
 
     @contextlib.contextmanager
     def tick(self) -> Iterator[CgroupFS]:
         """Within a tick each file is read at most once (a parent's walk and its children's records share
-        their cgroup.procs); the next tick reads everything afresh."""
+        their cgroup.procs), through descriptors kept open from tick to tick; the next tick reads afresh."""
         self._tick_cache = {}
         try:
             yield self
         finally:
             self._tick_cache = None
+            self._kept.sweep()
 
     def _read(self, p: Path) -> str:
         cache = self._tick_cache
         if cache is None:
-            return _read_file(p)
+            return _read_file(p)  # outside a tick (the actuator): always a fresh open
         text = cache.get(p)
         if text is None:
-            text = cache[p] = _read_file(p)
+            text = cache[p] = self._kept.read(p)
         return text
+
+    def close(self) -> None:
+        self._kept.close()
 
     # ---- finding cgroups -------------------------------------------------------------------------------------
 

@@ -1,14 +1,16 @@
-"""Each cgroup file is read at most once a tick, on the real hierarchies of this host."""
+"""Ticks on the real hierarchies of this host: each file read at most once a tick, through descriptors kept
+open between ticks, and nothing of a removed cgroup kept open."""
 
 from __future__ import annotations
 
 import collections
+import os
 import time
 
 import pytest
 
-import cgroupfs.tree
 from cgroupfs import CgroupFS, detect_layout
+from cgroupfs.keptfiles import KeptFiles
 
 pytestmark = pytest.mark.real
 
@@ -20,13 +22,13 @@ def test_each_file_read_once_per_tick_and_afresh_the_next(cgroups, monkeypatch):
     cgroups.sleeper("b")
     time.sleep(0.2)
     reads: collections.Counter = collections.Counter()
-    real = cgroupfs.tree._read_file
+    real = KeptFiles.read
 
-    def counting(p):
+    def counting(self, p):
         reads[p] += 1
-        return real(p)
+        return real(self, p)
 
-    monkeypatch.setattr(cgroupfs.tree, "_read_file", counting)
+    monkeypatch.setattr(KeptFiles, "read", counting)
     fs = CgroupFS(detect_layout())
     for _ in range(2):
         reads.clear()
@@ -38,3 +40,29 @@ def test_each_file_read_once_per_tick_and_afresh_the_next(cgroups, monkeypatch):
         twice = {str(p): n for p, n in reads.items() if n > 1}
         assert not twice, twice
         assert reads, "nothing was read"
+    fs.close()
+
+
+def test_kept_descriptors_are_reused_and_dropped_with_their_cgroup(cgroups):
+    cgroups.mkdir("gone")
+    path = f"{cgroups.path}/gone"
+    fs = CgroupFS(detect_layout())
+    with fs.tick():
+        assert fs.read_stats(path) is not None
+    kept = dict(fs._kept._fds)
+    assert any(str(p).endswith("/gone/memory.stat") for p in kept)
+    with fs.tick():
+        first = fs.read_stats(path)
+    assert dict(fs._kept._fds) == kept  # the same descriptors, re-read with pread
+    for h in ("memory", "unified"):
+        os.rmdir(f"/sys/fs/cgroup/{h}{path}")
+    with fs.tick():
+        assert fs.read_stats(path) is None  # vanished: absent from the tick, no error
+    with fs.tick():
+        pass
+    assert not any("/gone/" in str(p) for p in fs._kept._fds), "a removed cgroup's files are still held open"
+    cgroups.mkdir("gone", memory_limit=32 << 20)  # same name, a new cgroup
+    with fs.tick():
+        again = fs.read_stats(path)
+    assert again is not None and again.inode != first.inode and again.limit == 32 << 20
+    fs.close()
