@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +39,9 @@ class Hierarchy(msgspec.Struct, frozen=True):
 class Layout(msgspec.Struct, frozen=True):
     kind: LayoutKind
     hierarchies: tuple[Hierarchy, ...]
+    # Controllers cgroup2 offers at its root (cgroup.controllers); None when not read (fixtures, tests).
+    unified_controllers: tuple[str, ...] | None = None
+    cgroup_namespace: bool = False  # this process sees a cgroup namespace, not the host's tree
 
     def v1(self, controller: str) -> Hierarchy | None:
         for h in self.hierarchies:
@@ -55,7 +59,14 @@ class Layout(msgspec.Struct, frozen=True):
     @property
     def memory(self) -> Hierarchy | None:
         """The hierarchy that holds memory accounting: the v1 memory controller, else cgroup2."""
-        return self.v1("memory") or (self.unified if self.kind == "v2" else None)
+        v1 = self.v1("memory")
+        if v1 is not None:
+            return v1
+        # Pure v2, or a hybrid host booted with cgroup_no_v1=memory: memory is accounted in cgroup2.
+        unified = self.unified
+        if unified is not None and (self.kind == "v2" or "memory" in (self.unified_controllers or ())):
+            return unified
+        return None
 
     def controller_map(self) -> dict[str, str]:
         """Controller name to mount point (cgroup2 as "unified")."""
@@ -68,8 +79,17 @@ class Layout(msgspec.Struct, frozen=True):
         return out
 
     def describe(self) -> str:
+        """The one line `pyoomd run` logs at start-up."""
         parts = [f"{name}={mp}" for name, mp in sorted(self.controller_map().items())]
-        return f"cgroup layout {self.kind}: " + " ".join(parts)
+        notes = []
+        if self.memory is not None:
+            notes.append(f"memory accounted in {'cgroup2' if self.memory.version == 2 else 'v1'}")
+        if self.cgroup_namespace:
+            notes.append("inside a cgroup namespace")
+        nested = sorted({h.root for h in self.hierarchies if h.root != "/"})
+        if nested:
+            notes.append("container view of " + ", ".join(nested))
+        return f"cgroup layout {self.kind}: " + " ".join(parts) + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _unescape(field: str) -> str:
@@ -117,7 +137,14 @@ def parse_mountinfo(text: str) -> list[Hierarchy]:
     return found
 
 
-def layout_from_mountinfo(text: str) -> Layout:
+def layout_from_mountinfo(
+    text: str,
+    unified_controllers: tuple[str, ...] | None = None,
+    proc_cgroups: str | None = None,
+    cgroup_namespace: bool = False,
+) -> Layout:
+    """The layout a mountinfo describes. `unified_controllers` (cgroup2's root cgroup.controllers) and
+    `proc_cgroups` (/proc/cgroups) sharpen the answer and the error, when the caller has them."""
     hierarchies = parse_mountinfo(text)
     has_v2 = any(h.version == 2 for h in hierarchies)
     has_v1_controllers = any(
@@ -133,14 +160,69 @@ def layout_from_mountinfo(text: str) -> Layout:
         raise LayoutError(
             "no cgroup hierarchy is mounted: mount cgroup2 at /sys/fs/cgroup, or the v1 memory controller"
         )
-    layout = Layout(kind=kind, hierarchies=tuple(hierarchies))
-    if layout.memory is None:
-        raise LayoutError(
-            f"{kind} layout without a memory controller: mount the v1 memory controller "
-            "(boot with cgroup_enable=memory if the kernel disables it)"
+    layout = Layout(
+        kind=kind,
+        hierarchies=tuple(hierarchies),
+        unified_controllers=unified_controllers,
+        cgroup_namespace=cgroup_namespace,
+    )
+    if layout.memory is None or (
+        kind == "v2" and unified_controllers is not None and "memory" not in unified_controllers
+    ):
+        raise LayoutError(_no_memory_reason(kind, proc_cgroups)
         )
     return layout
 
 
-def detect_layout(mountinfo: str | Path = "/proc/self/mountinfo") -> Layout:
-    return layout_from_mountinfo(Path(mountinfo).read_text())
+def _no_memory_reason(kind: str, proc_cgroups: str | None) -> str:
+    enabled = None
+    for line in (proc_cgroups or "").splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0] == "memory":
+            enabled = fields[3] == "1"
+    if enabled is False:
+        return (
+            f"{kind} layout, and the kernel has the memory controller disabled: boot with cgroup_enable=memory "
+            "(and without cgroup_disable=memory)"
+        )
+    if kind == "v2":
+        return "cgroup2 offers no memory controller at its root: check cgroup.controllers and cgroup_no_v1="
+    return (
+        f"{kind} layout without a mounted memory controller: mount it "
+        "(mount -t cgroup -o memory cgroup /sys/fs/cgroup/memory) or boot with the unified hierarchy"
+    )
+
+
+def _same_namespace(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_ino == os.stat(b).st_ino
+    except OSError:
+        return True  # cannot tell (no permission to PID 1's ns link): assume the host's view
+
+
+def detect_layout(mountinfo: str | Path = "/proc/self/mountinfo", proc: str | Path = "/proc") -> Layout:
+    """This host's layout, checked usable: every hierarchy pyoomd reads must be readable."""
+    proc = Path(proc)
+    text = Path(mountinfo).read_text()
+    unified = next((h for h in parse_mountinfo(text) if h.version == 2), None)
+    controllers: tuple[str, ...] | None = None
+    if unified is not None:
+        try:
+            controllers = tuple((Path(unified.mount_point) / "cgroup.controllers").read_text().split())
+        except OSError:
+            controllers = None
+    try:
+        proc_cgroups: str | None = (proc / "cgroups").read_text()
+    except OSError:
+        proc_cgroups = None
+    namespaced = not _same_namespace(proc / "self" / "ns" / "cgroup", proc / "1" / "ns" / "cgroup")
+    layout = layout_from_mountinfo(text, controllers, proc_cgroups, namespaced)
+    for h in (layout.memory, layout.unified):
+        if h is None:
+            continue
+        try:
+            os.listdir(h.mount_point)
+            (Path(h.mount_point) / "cgroup.procs").read_bytes()
+        except OSError as e:
+            raise LayoutError(f"cannot read the cgroup hierarchy at {h.mount_point}: {e.strerror}") from None
+    return layout

@@ -136,8 +136,49 @@ def test_parse_mountinfo_keeps_every_cgroup_mount_with_its_fields(name):
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_detect_layout_reads_the_file(name):
-    assert detect_layout(sample(f"mountinfo/{name}")) == layout_from_mountinfo(mountinfo(name))
+def test_layout_from_each_file_is_stable(name):
+    assert layout_from_mountinfo(sample(f"mountinfo/{name}").read_text()) == layout_from_mountinfo(mountinfo(name))
+
+
+def test_detect_layout_on_this_host_reads_mounts_controllers_and_namespace():
+    if not Path("/sys/fs/cgroup/memory/memory.stat").exists():
+        pytest.skip("not this project's hybrid test machine")
+    layout = detect_layout()
+    assert layout.kind == "hybrid"
+    assert layout.memory.mount_point == "/sys/fs/cgroup/memory"
+    assert layout.unified_controllers is not None and "memory" not in layout.unified_controllers
+    assert layout.cgroup_namespace is False
+    assert layout.describe().endswith("(memory accounted in v1)")
+
+
+def test_detect_layout_refuses_an_unreadable_hierarchy(tmp_path):
+    text = mountinfo("this-machine-hybrid").replace("/sys/fs/cgroup/memory", str(tmp_path / "missing"))
+    (tmp_path / "mountinfo").write_text(text)
+    with pytest.raises(LayoutError, match=f"cannot read the cgroup hierarchy at {tmp_path}/missing"):
+        detect_layout(tmp_path / "mountinfo")
+
+
+def test_memory_disabled_by_the_kernel_says_how_to_enable_it():
+    text = "".join(ln + "\n" for ln in mountinfo("this-machine-hybrid").splitlines() if "rw,memory" not in ln)
+    cgroups = sample("proc/this-machine-6.18/cgroups").read_text().replace("memory\t4\t32\t1", "memory\t0\t1\t0")
+    with pytest.raises(LayoutError, match="boot with cgroup_enable=memory"):
+        layout_from_mountinfo(text, proc_cgroups=cgroups)
+    with pytest.raises(LayoutError, match="mount -t cgroup -o memory"):
+        layout_from_mountinfo(text, proc_cgroups=sample("proc/this-machine-6.18/cgroups").read_text())
+
+
+def test_hybrid_with_memory_in_cgroup2_accounts_memory_there():
+    # A hybrid host booted with cgroup_no_v1=memory: no v1 memory mount, memory offered by cgroup2.
+    text = "".join(ln + "\n" for ln in mountinfo("this-machine-hybrid").splitlines() if "rw,memory" not in ln)
+    layout = layout_from_mountinfo(text, unified_controllers=("memory", "pids"))
+    assert layout.kind == "hybrid"
+    assert layout.memory is layout.unified
+    assert "memory accounted in cgroup2" in layout.describe()
+
+
+def test_pure_v2_without_the_memory_controller_is_an_error():
+    with pytest.raises(LayoutError, match="cgroup2 offers no memory controller"):
+        layout_from_mountinfo(mountinfo("v2-unified-host-opensuse-kubic"), unified_controllers=("cpu", "io"))
 
 
 # ---- co-mounted controllers and named hierarchies ----------------------------------------------------------------
@@ -194,7 +235,14 @@ def test_describe_this_machine():
     mounts = {c: f"{CG}/{c}" for c in ("blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids")}
     mounts |= {"name=systemd": f"{CG}/systemd", "unified": f"{CG}/unified"}
     assert layout.controller_map() == mounts
-    assert layout.describe() == "cgroup layout hybrid: " + " ".join(f"{k}={v}" for k, v in sorted(mounts.items()))
+    assert layout.describe() == "cgroup layout hybrid: " + " ".join(
+        f"{k}={v}" for k, v in sorted(mounts.items())) + " (memory accounted in v1)"
+
+
+def test_describe_says_when_the_view_is_a_containers():
+    layout = layout_from_mountinfo(mountinfo("v1-docker-container-subpaths-ubuntu-aufs"), cgroup_namespace=True)
+    assert "inside a cgroup namespace" in layout.describe()
+    assert "container view of /system.slice/docker-" in layout.describe()
 
 
 def test_hybrid_1804_has_name_systemd_and_rdma():
