@@ -91,11 +91,30 @@ class CgroupSandbox:
     def sleeper(self, rel: str) -> subprocess.Popen:
         return self.spawn(rel, ["sleep", "1000"])
 
+    def leftover_pids(self) -> set[int]:
+        """Processes still in the sandbox: descendants of what this test started (a shell's children)."""
+        pids: set[int] = set()
+        for d in self.dirs:
+            for procs in d.rglob("cgroup.procs") if d.is_dir() else []:
+                with contextlib.suppress(OSError):
+                    pids.update(int(x) for x in procs.read_text().split())
+        return pids
+
     def cleanup(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)  # our own child, by PID, still unreaped so the PID is ours
             proc.wait()
+        # Grandchildren (a shell's background jobs) outlive the shell; they sit only in our own cgroups, so
+        # every PID found there is one this test started.
+        for _ in range(3):
+            left = self.leftover_pids()
+            if not left:
+                break
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
         for d in sorted(self.dirs, key=lambda p: len(p.parts), reverse=True):
             for _ in range(50):  # a killed process leaves its cgroup a moment after it is reaped
                 try:
