@@ -51,6 +51,10 @@ class CgroupStats(msgspec.Struct, frozen=True):
     nr_dying_descendants: int | None = None  # v2 only
     # "pressure"
     pressure: Pressure | None = None  # from this cgroup's own PSI file only (host PSI stands for "/" alone)
+    # events, for cgroups a pressure plugin watches: cumulative since the collector began watching
+    pressure_events: int | None = None  # PSI trigger firings on the cgroup's own PSI file
+    vmpressure_events: int | None = None  # v1 stand-in where there is no per-cgroup PSI: vmpressure "medium"
+    last_event: float | None = None  # wall-clock time of the newest of either
 
 
 class HostStats(msgspec.Struct, frozen=True):

@@ -166,6 +166,29 @@ class CgroupFS:
         except FileNotFoundError:
             return None
 
+    def pressure_file(self, path: str) -> Path | None:
+        """The PSI file that speaks for `path` alone: its own (or its verified cgroup2 twin's) memory.pressure;
+        for the root, the cgroup2 root's or /proc/pressure/memory. None where the host has none."""
+        twin = self.layout.unified
+        if path == "/":
+            if twin is not None and (twin.dir_of("/") / "memory.pressure").exists():
+                return twin.dir_of("/") / "memory.pressure"
+            host_psi = self.proc / "pressure" / "memory"
+            loc = self.locate("/")
+            return host_psi if loc is not None and loc[0].root == "/" and host_psi.exists() else None
+        d = self.twin(path, "unified")
+        if d is None or not (d / "memory.pressure").exists():
+            return None
+        return d / "memory.pressure"
+
+    def v1_memory_dir(self, path: str) -> Path | None:
+        """The v1 memory cgroup directory of `path`, for v1 notifications (vmpressure, thresholds)."""
+        h = self.layout.v1("memory")
+        if h is None:
+            return None
+        d = h.dir_of(path)
+        return d if d.is_dir() else None
+
     def members(self, path: str) -> set[int]:
         """Every process in the subtree of `path` (in its primary hierarchy)."""
         loc = self.locate(path)

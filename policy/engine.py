@@ -58,13 +58,15 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
     patterns: list[str] = []
     fields: set[str] = set()
     history = False
+    watch: list[tuple[str, float]] = []
     for rs in rulesets:
         for plugin in [p for _, ps in rs.groups for p in ps] + rs.actions:
             n = plugin.needs()
             patterns.extend(p for p in n.cgroups if p not in patterns)
             fields |= n.fields
             history = history or n.history
-    return Needs(cgroups=tuple(patterns), fields=frozenset(fields), history=history)
+            watch.extend(w for w in n.pressure_watch if w not in watch)
+    return Needs(cgroups=tuple(patterns), fields=frozenset(fields), history=history, pressure_watch=tuple(watch))
 
 
 def policy_needs(policy: Policy) -> Needs:

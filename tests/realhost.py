@@ -64,8 +64,8 @@ class CgroupSandbox:
     def path(self) -> str:
         return "/" + self.name
 
-    def mkdir(self, rel: str = "", memory_limit: int | None = None) -> None:
-        for h in HIERARCHIES:
+    def mkdir(self, rel: str = "", memory_limit: int | None = None, hierarchies: tuple[str, ...] = HIERARCHIES) -> None:
+        for h in hierarchies:
             d = CGROUP_ROOT / h / self.name / rel if rel else CGROUP_ROOT / h / self.name
             d.mkdir(exist_ok=True)
             if d not in self.dirs:
@@ -73,9 +73,9 @@ class CgroupSandbox:
         if memory_limit is not None:
             (CGROUP_ROOT / "memory" / self.name / rel / "memory.limit_in_bytes").write_text(str(memory_limit))
 
-    def spawn(self, rel: str, argv: list[str]) -> subprocess.Popen:
-        """Start argv inside child cgroup `rel` in both hierarchies (moved before exec, so all it does is charged)."""
-        dirs = [CGROUP_ROOT / h / self.name / rel for h in HIERARCHIES]
+    def spawn(self, rel: str, argv: list[str], hierarchies: tuple[str, ...] = HIERARCHIES) -> subprocess.Popen:
+        """Start argv inside child cgroup `rel` (moved before exec, so all it does is charged there)."""
+        dirs = [CGROUP_ROOT / h / self.name / rel for h in hierarchies]
         proc = subprocess.Popen(
             argv, preexec_fn=lambda: _move_into(dirs), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -83,10 +83,10 @@ class CgroupSandbox:
         self.procs.append(proc)
         return proc
 
-    def thrasher(self, rel: str) -> subprocess.Popen:
-        data = Path(f"/tmp/{self.name}-{rel}.dat")
+    def thrasher(self, rel: str, hierarchies: tuple[str, ...] = HIERARCHIES) -> subprocess.Popen:
+        data = Path(f"/tmp/{self.name}-{rel.replace('/', '-')}.dat")
         self.files.append(data)
-        return self.spawn(rel, [sys.executable, "-c", THRASHER, str(data)])
+        return self.spawn(rel, [sys.executable, "-c", THRASHER, str(data)], hierarchies)
 
     def sleeper(self, rel: str) -> subprocess.Popen:
         return self.spawn(rel, ["sleep", "1000"])

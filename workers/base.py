@@ -69,6 +69,7 @@ class Worker:
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.signals.fileno(), zmq.POLLIN)
         self.handlers: dict[zmq.Socket, Callable[[], None]] = {}
+        self.fd_handlers: dict[int, Callable[[int, int], None]] = {}
         self.update: PolicyUpdate | None = None
         self.stopping = False
         self._next_heartbeat = 0.0
@@ -76,8 +77,18 @@ class Worker:
     # ---- for subclasses ----------------------------------------------------------------------------------------
 
     def add_socket(self, sock: zmq.Socket, on_readable: Callable[[], None]) -> None:
+        """Call `on_readable` when a socket has input."""
         self.poller.register(sock, zmq.POLLIN)
         self.handlers[sock] = on_readable
+
+    def add_fd(self, fd: int, zmq_events: int, on_ready: Callable[[int, int], None]) -> None:
+        """Call `on_ready(fd, revents)` when a plain descriptor reports any of `zmq_events` (zmq.POLL* bits)."""
+        self.poller.register(fd, zmq_events)
+        self.fd_handlers[fd] = on_ready
+
+    def remove_fd(self, fd: int) -> None:
+        if self.fd_handlers.pop(fd, None) is not None:
+            self.poller.unregister(fd)
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         """Take a new policy; raise to refuse it (the error goes back to the supervisor)."""
@@ -152,6 +163,9 @@ class Worker:
             for sock, handler in self.handlers.items():
                 if sock in events:
                     handler()
+            for fd, on_ready in list(self.fd_handlers.items()):
+                if fd in events:
+                    on_ready(fd, events[fd])
             if self.update is not None:
                 next_timer = self.on_timer(time.monotonic())
         self.zmq.destroy(linger=0)

@@ -1,20 +1,125 @@
-"""The collector: every tick, read exactly what the policy needs and push one snapshot to the detector."""
+"""The collector: every tick, read exactly what the policy needs and push one snapshot to the detector.
+
+It also waits on the kernel's pressure events for the cgroups pressure plugins watch (PSI triggers, or v1
+vmpressure where there is no per-cgroup PSI): an event sends a snapshot at once instead of at the next tick.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import select
 import time
 from pathlib import Path
+from typing import Protocol
 
+import msgspec
 import zmq
 
-from cgroupfs import CgroupFS, detect_layout
+from cgroupfs import CgroupFS, CgroupStats, detect_layout
+from cgroupfs.watch import EventWatch
 from ipc.codec import Channel
 from ipc.endpoints import snapshot_sender
 from ipc.messages import PolicyUpdate, Snapshot
 from policy.engine import policy_needs
+from policy.paths import matches
 from policy.plugins import Needs
 from workers.base import Worker, main
+
+# After an event, the next snapshot goes out at once, but no sooner than this after the previous one: v1
+# vmpressure fires a hundred times a second on a thrashing cgroup, and each snapshot reads every cgroup.
+EVENT_MIN_GAP = 0.2
+
+
+class Registrar(Protocol):
+    """Where event descriptors are waited on: a select.poll object, or the worker's own poll loop."""
+
+    def register(self, fd: int, eventmask: int) -> None: ...
+
+    def unregister(self, fd: int) -> None: ...
+
+
+class SnapshotTaker:
+    """What the collector reads and waits on for one policy; the whole of its work apart from sockets.
+
+    Event descriptors must be polled directly by the one poll that waits, never through a nested epoll: polling
+    a PSI trigger clears its event, so an outer poll of an epoll set would swallow it."""
+
+    def __init__(self, fs: CgroupFS, registrar: Registrar) -> None:
+        self.fs = fs
+        self.registrar = registrar
+        self.needs = Needs()
+        self.watch = EventWatch(fs)
+        self.seq = 0
+
+    def use(self, needs: Needs) -> None:
+        self.needs = needs
+
+    def on_ready(self, fd: int, revents: int) -> int:
+        """Count what one ready descriptor reports (select.POLL* bits); returns how many events fired."""
+        fired = self.watch.on_ready(fd, revents)
+        if self.watch.is_dead(fd):
+            # A removed cgroup's PSI trigger reports POLLERR at every poll: stop waiting on it now, not at the
+            # next tick (the tick's sync then closes and forgets it).
+            with contextlib.suppress(KeyError, OSError, ValueError):
+                self.registrar.unregister(fd)
+        return fired
+
+    def take(self, generation: int) -> Snapshot:
+        cgroups = []
+        fields = self.needs.fields | {"tree"}
+        with self.fs.tick():
+            host = self.fs.read_host()
+            paths = self.fs.resolve(self.needs.cgroups)  # globs resolved afresh every tick
+            self._sync_watch(paths)
+            for path in paths:
+                stats = self.fs.read_stats(path, fields, host)
+                if stats is not None:
+                    cgroups.append(self._with_events(stats))
+        self.seq += 1
+        return Snapshot(
+            seq=self.seq, generation=generation, time=time.time(), monotonic=time.monotonic(), host=host,
+            cgroups=cgroups,
+        )
+
+    def _sync_watch(self, paths: list[str]) -> None:
+        wanted: dict[str, float] = {}
+        for pattern, pct in self.needs.pressure_watch:
+            for path in paths:
+                if matches(pattern, path):
+                    wanted[path] = min(pct, wanted.get(path, pct))
+        added, removed = self.watch.sync(wanted)
+        for fd in removed:
+            with contextlib.suppress(KeyError, OSError, ValueError):
+                self.registrar.unregister(fd)
+        for source in added:
+            self.registrar.register(source.fileno(), source.poll_events)
+
+    def _with_events(self, stats: CgroupStats) -> CgroupStats:
+        counts = self.watch.counts.get(stats.path)
+        if counts is None or not counts.mechanism:
+            return stats
+        return msgspec.structs.replace(
+            stats,
+            pressure_events=counts.pressure_events if counts.mechanism == "psi" else None,
+            vmpressure_events=counts.vmpressure_events if counts.mechanism == "vmpressure" else None,
+            last_event=counts.last_event,
+        )
+
+    def close(self) -> None:
+        for source in self.watch.sources():
+            with contextlib.suppress(KeyError, OSError, ValueError):
+                self.registrar.unregister(source.fileno())
+        self.watch.close()
+        self.fs.close()
+
+
+# zmq_poll passes POLLPRI through to poll(2) for plain descriptors, under its own bit values.
+_TO_ZMQ = {select.POLLIN: zmq.POLLIN, select.POLLPRI: zmq.POLLPRI}
+_FROM_ZMQ = {zmq.POLLIN: select.POLLIN, zmq.POLLPRI: select.POLLPRI, zmq.POLLERR: select.POLLERR}
+
+
+def _convert(mask: int, table: dict[int, int]) -> int:
+    return sum(dst for src, dst in table.items() if mask & src)
 
 
 class Collector(Worker):
@@ -22,46 +127,39 @@ class Collector(Worker):
 
     def __init__(self, runtime_dir: Path) -> None:
         super().__init__(runtime_dir)
-        self.fs = CgroupFS(detect_layout())
+        self.taker = SnapshotTaker(CgroupFS(detect_layout()), self)
         self.snapshots = snapshot_sender(self.zmq, self.endpoints)
         self.snapshot_channel = Channel("collector/snapshots", Snapshot)
-        self.needs = Needs()
-        self.seq = 0
         self.next_tick = 0.0
+        self.last_sent = 0.0
+
+    # Registrar: event descriptors go straight into the worker's poll loop.
+    def register(self, fd: int, eventmask: int) -> None:
+        self.add_fd(fd, _convert(eventmask, _TO_ZMQ), self._on_event)
+
+    def unregister(self, fd: int) -> None:
+        self.remove_fd(fd)
 
     def apply_policy(self, update: PolicyUpdate) -> None:
-        self.needs = policy_needs(update.policy)
+        self.taker.use(policy_needs(update.policy))
         self.next_tick = 0.0  # the first snapshot of a new policy goes out at once
 
     def on_timer(self, now: float) -> float:
         assert self.update is not None
         if now >= self.next_tick:
-            self.collect(self.update)
+            snapshot = self.taker.take(self.update.generation)
+            # No detector connected: drop it. The event counts are cumulative, so whichever snapshot the
+            # conflated channel keeps carries every event before it.
+            with contextlib.suppress(zmq.Again):
+                self.snapshots.send(self.snapshot_channel.encode(snapshot), zmq.NOBLOCK)
+            self.last_sent = now
             # Keep a steady cadence; after a stall, start again from now rather than catching up.
             self.next_tick = max(self.next_tick + self.update.policy.interval, now)
         return self.next_tick
 
-    def collect(self, update: PolicyUpdate) -> None:
-        cgroups = []
-        fields = self.needs.fields
-        with self.fs.tick():
-            host = self.fs.read_host()
-            for path in self.fs.resolve(self.needs.cgroups):  # globs resolved afresh every tick
-                stats = self.fs.read_stats(path, fields, host)
-                if stats is not None:
-                    cgroups.append(stats)
-        self.seq += 1
-        snapshot = Snapshot(
-            seq=self.seq,
-            generation=update.generation,
-            time=time.time(),
-            monotonic=time.monotonic(),
-            host=host,
-            cgroups=cgroups,
-        )
-        # No detector connected: drop it; CONFLATE would keep only the newest anyway.
-        with contextlib.suppress(zmq.Again):
-            self.snapshots.send(self.snapshot_channel.encode(snapshot), zmq.NOBLOCK)
+    def _on_event(self, fd: int, revents: int) -> None:
+        if self.taker.on_ready(fd, _convert(revents, _FROM_ZMQ)):
+            self.next_tick = min(self.next_tick, self.last_sent + EVENT_MIN_GAP)
 
 
 if __name__ == "__main__":

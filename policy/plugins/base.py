@@ -33,6 +33,9 @@ class Needs:
     cgroups: tuple[str, ...] = ()  # patterns
     fields: frozenset[str] = frozenset()  # "memory", "pressure"
     history: bool = False  # per-tick history of its cgroups (growth rates)
+    # (pattern, percent): wait on pressure events of these cgroups, and evaluate at once when one comes;
+    # the percent is the share of time stalled that counts as an event (the plugin's threshold).
+    pressure_watch: tuple[tuple[str, float], ...] = ()
 
 
 T = TypeVar("T")

@@ -62,7 +62,11 @@ class PressureAbove(Plugin):
         self.held = _HeldFor(args.get("duration", parse_duration, required=True))
 
     def needs(self) -> Needs:
-        return Needs(cgroups=self.cgroups, fields=frozenset({"pressure", "memory"}))
+        return Needs(
+            cgroups=self.cgroups,
+            fields=frozenset({"pressure", "memory"}),
+            pressure_watch=tuple((pattern, self.threshold) for pattern in self.cgroups),
+        )
 
     def run(self, ctx: TickContext) -> Ret:
         best = None
