@@ -100,6 +100,7 @@ class KillCommand(Message, tag="kill"):
     dry_run: bool
     dry_run_source: str
     kill_timeout: float
+    grace: float = 0.0  # > 0: SIGTERM first, SIGKILL whatever is left after this many seconds
 
 
 CommandStatus = Literal["killed", "dry-run", "no-target", "refused", "expired", "failed"]
@@ -111,6 +112,8 @@ class CommandResult(Message, tag="result"):
     target: str | None
     pids: list[int]
     detail: str = ""
+    mechanism: str = ""  # how the kill was delivered: "cgroup.kill", "freezer+signal (v1)", ...
+    emptied: bool | None = None  # the cgroup held no process afterwards
 
 
 class ActionRecord(Message, tag="action"):
@@ -130,6 +133,8 @@ class ActionRecord(Message, tag="action"):
     duration: float
     reason: str
     detail: str = ""
+    mechanism: str = ""
+    emptied: bool | None = None
 
 
 ControlMessage = (

@@ -153,7 +153,7 @@ class Arbiter:
         return self.options.worker_pythonpath or str(source_root())
 
     def start_worker(self, slot: WorkerSlot) -> None:
-        slot.spawn(self.options.runtime_dir, self._pythonpath())
+        slot.spawn(self.options.runtime_dir, self.options.state_dir, self._pythonpath())
         self.poller.register(slot.pidfd, zmq.POLLIN)
 
     def on_exit(self, slot: WorkerSlot) -> None:
@@ -247,10 +247,11 @@ class Arbiter:
     def on_action(self, record: ActionRecord) -> None:
         pids = ",".join(map(str, record.pids)) or "-"
         log.warning(
-            "action: ruleset %r group %r %s %s target=%s pids=%s signal=%s result=%s dry_run=%s (%s) in %.3fs: %s%s",
+            "action: ruleset %r group %r %s %s target=%s pids=%s signal=%s via %s result=%s dry_run=%s (%s) in "
+            "%.3fs: %s%s",
             record.ruleset, record.group, record.plugin, "would kill" if record.dry_run else "kill",
-            record.target, pids, record.signal, record.result, record.dry_run, record.dry_run_source,
-            record.duration, record.reason, f" [{record.detail}]" if record.detail else "",
+            record.target, pids, record.signal, record.mechanism or "-", record.result, record.dry_run,
+            record.dry_run_source, record.duration, record.reason, f" [{record.detail}]" if record.detail else "",
         )
         try:
             self.action_log.append(record)

@@ -70,7 +70,7 @@ class WorkerSlot:
         )
         self.state = new
 
-    def spawn(self, runtime_dir: Path, pythonpath: str) -> None:
+    def spawn(self, runtime_dir: Path, state_dir: Path, pythonpath: str) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -78,7 +78,7 @@ class WorkerSlot:
         # directory the daemon happened to be started in.
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", f"workers.{self.name}", "--runtime-dir", str(runtime_dir),
-             "--supervisor-pid", str(os.getpid())],
+             "--state-dir", str(state_dir), "--supervisor-pid", str(os.getpid())],
             cwd="/",
             env=env,
             stdin=subprocess.DEVNULL,

@@ -49,6 +49,8 @@ def test_thrasher_is_killed_and_sleeper_is_not(cgroups: CgroupSandbox, tmp_path)
         assert kill["dry_run"] is False
         assert thrasher.pid in kill["pids"]
         assert kill["signal"] == "SIGKILL"
+        assert kill["mechanism"] == "cgroup.kill"  # this hybrid host: the verified cgroup2 twin has cgroup.kill
+        assert kill["emptied"] is True
         assert kill["ruleset"] == "test thrash"
         assert kill["group"] == "parent under memory pressure"
         assert sleeper.poll() is None, "the sleeper was touched"

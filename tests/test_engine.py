@@ -231,9 +231,18 @@ def test_dry_run_reaches_the_command(engine_dry, plugin_dry, expected):
     assert (cmd.dry_run, cmd.dry_run_source) == expected
 
 
+def test_grace_asks_for_sigterm_first_and_extends_the_kill_deadline():
+    e = engine_for(ruleset(PRESSURE_GROUP.replace("duration: 2", "duration: 0"),
+                           actions='- kill_by_memory_size_or_growth: {cgroup: "p/*", grace: 3s}'))
+    (cmd,) = e.tick(snap([cg("/p", 1, avg10=90), *CHILDREN]), 0.0).commands
+    assert cmd.grace == 3.0
+    assert cmd.kill_timeout == 8.0
+
+
 def test_needs_merge_what_plugins_declare():
     policy = load_policy_text(ruleset(PRESSURE_GROUP), "t.yaml")
     needs = policy_needs(policy)
     assert needs.cgroups == ("/p", "/p/*")
     assert needs.fields == {"memory", "pressure"}
     assert needs.history is True
+    assert needs.pressure_watch == (("/p", 10.0),)

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import msgspec
 import psutil
@@ -120,3 +121,21 @@ def test_malformed_frames_are_dropped_and_the_worker_lives_on(daemon):
     time.sleep(1.5)
     assert daemon.worker_pids()["detector"] == detector
     assert "BACKOFF" not in daemon.log
+
+
+def test_actuator_thaws_a_cgroup_a_crashed_actuator_left_frozen(daemon, cgroups):
+    from cgroupfs.kill import _write_intent
+
+    cgroups.mkdir("frozen")
+    victim = cgroups.sleeper("frozen")
+    control = Path(f"/sys/fs/cgroup/unified{cgroups.path}/frozen/cgroup.freeze")
+    intents = daemon.state_dir / "freeze-intents"
+    intents.mkdir(parents=True)
+    _write_intent(intents, control, f"{cgroups.path}/frozen")  # what an actuator writes before freezing
+    control.write_text("1")  # ... and then it died
+    wait_for(lambda: "frozen 1" in (control.parent / "cgroup.events").read_text(), 10, "the freeze")
+    daemon.start()
+    daemon.wait_log(rf"thawed {control}")
+    assert control.read_text().strip() == "0"
+    assert not list(intents.iterdir())
+    assert victim.poll() is None

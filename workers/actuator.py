@@ -17,7 +17,7 @@ import psutil
 import zmq
 
 from cgroupfs import CgroupFS, detect_layout
-from cgroupfs.kill import signal_cgroup
+from cgroupfs.kill import KillReport, kill_cgroup, recover_intents
 from ipc.codec import Channel
 from ipc.endpoints import command_server
 from ipc.messages import ActionRecord, CommandMessage, CommandResult, CommandStatus, KillCommand, PolicyUpdate
@@ -30,9 +30,10 @@ from workers.base import Worker, main
 class CommandExecutor:
     """Checks and carries out kill commands; the actuator's whole judgement, apart from its sockets."""
 
-    def __init__(self, fs: CgroupFS, daemon_pid: int) -> None:
+    def __init__(self, fs: CgroupFS, daemon_pid: int, intent_dir: Path | None = None) -> None:
         self.fs = fs
         self.daemon_pid = daemon_pid
+        self.intent_dir = intent_dir  # records of freezes in progress, to thaw after a crash
         self.update: PolicyUpdate | None = None
         self.targets: dict[tuple[str, str], tuple[str, ...]] = {}  # (ruleset, plugin) -> cgroup patterns
         self.protected: frozenset[str] = frozenset()
@@ -61,8 +62,11 @@ class CommandExecutor:
 
     @staticmethod
     def _result(cmd: KillCommand, status: CommandStatus, target: str | None = None,
-                pids: list[int] | None = None, detail: str = "") -> CommandResult:
-        return CommandResult(id=cmd.id, status=status, target=target, pids=pids or [], detail=detail)
+                pids: list[int] | None = None, detail: str = "", report: KillReport | None = None) -> CommandResult:
+        return CommandResult(
+            id=cmd.id, status=status, target=target, pids=pids or [], detail=detail,
+            mechanism=report.mechanism if report else "", emptied=report.emptied if report else None,
+        )
 
     def execute(self, cmd: KillCommand) -> CommandResult:
         if self.update is None or cmd.generation != self.update.generation:
@@ -88,21 +92,22 @@ class CommandExecutor:
             if why_not:
                 skipped.append(f"{cand.path}: {why_not}")
                 continue
-            report = signal_cgroup(
-                self.fs, cand.path, cmd.signal, time.monotonic() + cmd.kill_timeout, refuse_pid, cmd.dry_run
+            report = kill_cgroup(
+                self.fs, cand.path, sig=cmd.signal, deadline=time.monotonic() + cmd.kill_timeout,
+                refuse_pid=refuse_pid, dry_run=cmd.dry_run, grace=cmd.grace, intent_dir=self.intent_dir,
             )
             if not report.signalled:
                 skipped.append(f"{cand.path}: no process to signal")
                 continue
-            detail = "; ".join(skipped)
+            notes = [*skipped, *report.notes]
             if report.skipped:
-                detail += f" left alone: {report.skipped}"
+                notes.append(f"left alone: {report.skipped}")
             if cmd.dry_run:
-                return self._result(cmd, "dry-run", cand.path, report.signalled, detail)
+                return self._result(cmd, "dry-run", cand.path, report.signalled, "; ".join(notes), report)
             if report.remaining:
-                return self._result(cmd, "failed", cand.path, report.signalled,
-                                    f"{detail} still present after {cmd.kill_timeout}s: {report.remaining}")
-            return self._result(cmd, "killed", cand.path, report.signalled, detail)
+                notes.append(f"still present after {cmd.kill_timeout:g}s: {report.remaining}")
+                return self._result(cmd, "failed", cand.path, report.signalled, "; ".join(notes), report)
+            return self._result(cmd, "killed", cand.path, report.signalled, "; ".join(notes), report)
         return self._result(cmd, "no-target", detail="; ".join(skipped))
 
     def disqualify(self, path: str, inode: int, patterns: tuple[str, ...], daemon_pids: set[int]) -> str | None:
@@ -124,9 +129,14 @@ class CommandExecutor:
 class Actuator(Worker):
     name = "actuator"
 
-    def __init__(self, runtime_dir: Path) -> None:
-        super().__init__(runtime_dir)
-        self.executor = CommandExecutor(CgroupFS(detect_layout()), daemon_pid=os.getppid())
+    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
+        super().__init__(runtime_dir, state_dir)
+        intent_dir = state_dir / "freeze-intents"
+        intent_dir.mkdir(parents=True, exist_ok=True)
+        # A previous actuator may have died with a cgroup frozen: thaw it before anything else.
+        for thawed in recover_intents(intent_dir):
+            self.log.warning("thawed %s, left frozen by an actuator that died mid-kill", thawed)
+        self.executor = CommandExecutor(CgroupFS(detect_layout()), daemon_pid=os.getppid(), intent_dir=intent_dir)
         self.commands = command_server(self.zmq, self.endpoints)
         self.command_channel = Channel("actuator/commands", CommandMessage)
         self.add_socket(self.commands, self._on_command)
@@ -169,6 +179,8 @@ class Actuator(Worker):
                     duration=round(duration, 6),
                     reason=msg.reason,
                     detail=result.detail,
+                    mechanism=result.mechanism,
+                    emptied=result.emptied,
                 )
             )
 

@@ -57,8 +57,9 @@ def setup_logging(name: str) -> None:
 class Worker:
     name: ClassVar[WorkerName]
 
-    def __init__(self, runtime_dir: Path) -> None:
+    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
         self.log = logging.getLogger(f"pyoomd.{self.name}")
+        self.state_dir = state_dir
         self.endpoints = Endpoints(runtime_dir)
         self.zmq = zmq.Context()
         self.control = control_client(self.zmq, self.endpoints, self.name)
@@ -175,8 +176,9 @@ class Worker:
 def main(worker_cls: type[Worker]) -> None:
     parser = argparse.ArgumentParser(prog=f"pyoomd-{worker_cls.name}")
     parser.add_argument("--runtime-dir", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--supervisor-pid", type=int, required=True)
     args = parser.parse_args()
     die_with_parent(args.supervisor_pid)
     setup_logging(worker_cls.name)
-    sys.exit(worker_cls(args.runtime_dir).run())
+    sys.exit(worker_cls(args.runtime_dir, args.state_dir).run())

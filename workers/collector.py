@@ -125,8 +125,8 @@ def _convert(mask: int, table: dict[int, int]) -> int:
 class Collector(Worker):
     name = "collector"
 
-    def __init__(self, runtime_dir: Path) -> None:
-        super().__init__(runtime_dir)
+    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
+        super().__init__(runtime_dir, state_dir)
         self.taker = SnapshotTaker(CgroupFS(detect_layout()), self)
         self.snapshots = snapshot_sender(self.zmq, self.endpoints)
         self.snapshot_channel = Channel("collector/snapshots", Snapshot)

@@ -18,8 +18,8 @@ from workers.base import Worker, main
 class Detector(Worker):
     name = "detector"
 
-    def __init__(self, runtime_dir: Path) -> None:
-        super().__init__(runtime_dir)
+    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
+        super().__init__(runtime_dir, state_dir)
         self.snapshots = snapshot_receiver(self.zmq, self.endpoints)
         self.snapshot_channel = Channel("detector/snapshots", Snapshot)
         self.commands = command_client(self.zmq, self.endpoints)

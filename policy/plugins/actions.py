@@ -34,6 +34,8 @@ class KillPlugin(Plugin):
         self.cgroups = args.get("cgroup", parse_cgroup_list, required=True)
         self.dry = args.get("dry", _as_bool, False)
         self.post_action_delay = args.get("post_action_delay", parse_duration, ruleset.post_action_delay)
+        # pyoomd's own: SIGTERM, then SIGKILL after this grace. oomd (and the default) send SIGKILL at once.
+        self.grace = args.get("grace", parse_duration, 0.0)
         if args.get("recursive", _as_bool, False):
             raise ArgError("recursive", "argument 'recursive': true is not supported yet", at_value=True)
         args.get("debug", _as_bool, False)
@@ -71,7 +73,8 @@ class KillPlugin(Plugin):
                 reason=f"{self.name} picked {top.path}: {why}",
                 dry_run=dry_run,
                 dry_run_source=source,
-                kill_timeout=KILL_TIMEOUT,
+                kill_timeout=KILL_TIMEOUT + self.grace,
+                grace=self.grace,
             )
         )
         return Ret.ASYNC_PAUSED
