@@ -54,7 +54,8 @@ class CgroupStats(msgspec.Struct, frozen=True):
     # events, for cgroups a pressure plugin watches: cumulative since the collector began watching
     pressure_events: int | None = None  # PSI trigger firings on the cgroup's own PSI file
     vmpressure_events: int | None = None  # v1 stand-in where there is no per-cgroup PSI: vmpressure "medium"
-    last_event: float | None = None  # wall-clock time of the newest of either
+    threshold_events: int | None = None  # v1 memory.usage_in_bytes threshold crossings (memory_above)
+    last_event: float | None = None  # wall-clock time of the newest of these
 
 
 class HostStats(msgspec.Struct, frozen=True):

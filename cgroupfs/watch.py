@@ -1,17 +1,22 @@
 """Which kernel events to wait on for the cgroups a policy watches, and their counts.
 
-For each watched cgroup pyoomd waits on the best signal the path has on this host: a PSI trigger on its own
-`memory.pressure` (v2, or the verified cgroup2 twin on a hybrid host; `/proc/pressure/memory` for the root), else
-the v1 stand-in, vmpressure events of its memory cgroup. The counts are cumulative and ride in every snapshot,
-so a conflated channel that drops a snapshot can never drop an event: the next snapshot carries it.
+Pressure: for each watched cgroup pyoomd waits on the best signal the path has on this host: a PSI trigger on
+its own `memory.pressure` (v2, or the verified cgroup2 twin on a hybrid host; `/proc/pressure/memory` for the
+root), else the v1 stand-in, vmpressure events of its memory cgroup.
+Usage: where a policy asks "is this cgroup above N bytes", a v1 memory cgroup can say so itself, with a
+`memory.usage_in_bytes` threshold event (cgroup2 has no such notification; the tick reads it).
+
+Counts are cumulative and ride in every snapshot, so a conflated channel that drops a snapshot can never drop
+an event: the next snapshot carries it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
-from cgroupfs.events import EventSource, open_psi_trigger, open_vmpressure
+from cgroupfs.events import EventSource, open_psi_trigger, open_usage_threshold, open_vmpressure
 from cgroupfs.tree import CgroupFS
 
 log = logging.getLogger("pyoomd.cgroupfs")
@@ -19,60 +24,77 @@ log = logging.getLogger("pyoomd.cgroupfs")
 WINDOW_US = 500_000  # asked for first; hosts without CAP_SYS_RESOURCE get the nearest 2 s multiple
 VMPRESSURE_LEVEL = "medium"  # reclaim is struggling: the level oomd-like daemons care about on v1
 
+WatchKind = Literal["pressure", "usage"]
+Mechanism = Literal["psi", "vmpressure", "usage threshold"]
+
 
 @dataclass
 class EventCounts:
-    pressure_events: int = 0
-    vmpressure_events: int = 0
+    pressure_events: int | None = None  # PSI trigger firings
+    vmpressure_events: int | None = None  # v1 vmpressure events, where there is no per-cgroup PSI
+    threshold_events: int | None = None  # v1 usage threshold crossings
     last_event: float | None = None
-    mechanism: str = ""  # "psi" or "vmpressure"
 
 
 @dataclass
 class _Watched:
     source: EventSource
-    mechanism: str
-    stall_pct: float
+    mechanism: Mechanism
+    param: float  # stall percent, or threshold bytes
 
 
 @dataclass
 class EventWatch:
     fs: CgroupFS
-    watched: dict[str, _Watched] = field(default_factory=dict)
+    watched: dict[tuple[str, WatchKind], _Watched] = field(default_factory=dict)
     counts: dict[str, EventCounts] = field(default_factory=dict)
     _noted: set[str] = field(default_factory=set)
-    _failed: set[str] = field(default_factory=set)
+    _failed: set[tuple[str, WatchKind]] = field(default_factory=set)
 
-    def sync(self, wanted: dict[str, float]) -> tuple[list[EventSource], list[int]]:
-        """Watch exactly `wanted` (path -> stall threshold in percent of the window). Returns the sources
-        added and the descriptors removed (already closed), for the caller's poll loop."""
+    def sync(self, wanted: dict[tuple[str, WatchKind], float]) -> tuple[list[EventSource], list[int]]:
+        """Watch exactly `wanted`: (path, "pressure") -> stall threshold in percent of the window, and
+        (path, "usage") -> bytes. Returns the sources added and the descriptors removed (already closed)."""
         added: list[EventSource] = []
         removed: list[int] = []
-        for path in list(self.watched):
-            w = self.watched[path]
-            if path not in wanted or w.source.dead or w.stall_pct != wanted[path]:
+        for key in list(self.watched):
+            w = self.watched[key]
+            if key not in wanted or w.source.dead or w.param != wanted[key]:
                 removed.append(w.source.fileno())
                 w.source.close()
-                del self.watched[path]
+                del self.watched[key]
+        paths = {path for path, _ in wanted}
         for path in list(self.counts):
-            if path not in wanted:
+            if path not in paths:
                 del self.counts[path]
-        for path, pct in wanted.items():
-            if path in self.watched:
+        for key, param in wanted.items():
+            if key in self.watched:
                 continue
-            opened = self._open(path, pct)
+            opened = self._open(key, param)
             if opened is not None:
-                self.watched[path] = opened
-                self.counts.setdefault(path, EventCounts()).mechanism = opened.mechanism
+                self.watched[key] = opened
+                counts = self.counts.setdefault(key[0], EventCounts())
+                if opened.mechanism == "psi":
+                    counts.pressure_events = counts.pressure_events or 0
+                elif opened.mechanism == "vmpressure":
+                    counts.vmpressure_events = counts.vmpressure_events or 0
+                else:
+                    counts.threshold_events = counts.threshold_events or 0
                 added.append(opened.source)
         return added, removed
 
-    def _open(self, path: str, pct: float) -> _Watched | None:
-        psi_file = self.fs.pressure_file(path)
+    def _open(self, key: tuple[str, WatchKind], param: float) -> _Watched | None:
+        path, kind = key
+        mechanism: Mechanism
         try:
-            if psi_file is not None:
-                stall = max(1, int(WINDOW_US * min(max(pct, 0.1), 100.0) / 100))
-                source: EventSource = open_psi_trigger(psi_file, "some", stall, WINDOW_US)
+            if kind == "usage":
+                memory_dir = self.fs.v1_memory_dir(path)
+                if memory_dir is None:
+                    return None  # cgroup2 has no usage notification: the tick reads memory.current
+                source: EventSource = open_usage_threshold(memory_dir, max(1, int(param)))
+                mechanism = "usage threshold"
+            elif (psi_file := self.fs.pressure_file(path)) is not None:
+                stall = max(1, int(WINDOW_US * min(max(param, 0.1), 100.0) / 100))
+                source = open_psi_trigger(psi_file, "some", stall, WINDOW_US)
                 mechanism = "psi"
             else:
                 memory_dir = self.fs.v1_memory_dir(path)
@@ -83,31 +105,37 @@ class EventWatch:
         except FileNotFoundError:
             return None  # gone since it was resolved
         except OSError as e:
-            if path not in self._failed:
-                self._failed.add(path)
-                log.warning("cannot wait on events of %s (%s); it is read every tick instead", path, e)
+            if key not in self._failed:
+                self._failed.add(key)
+                log.warning("cannot wait on %s events of %s (%s); it is read every tick instead", kind, path, e)
             return None
         if source.note and source.note not in self._noted:
             self._noted.add(source.note)
             log.info("%s: %s", source.describe(), source.note)
-        self._failed.discard(path)
-        return _Watched(source, mechanism, pct)
+        self._failed.discard(key)
+        return _Watched(source, mechanism, param)
 
     def sources(self) -> list[EventSource]:
         return [w.source for w in self.watched.values()]
 
+    def mechanism(self, path: str, kind: WatchKind) -> Mechanism | None:
+        w = self.watched.get((path, kind))
+        return w.mechanism if w else None
+
     def on_ready(self, fd: int, revents: int) -> int:
         """Count what a ready descriptor reports; returns the number of events (0: nothing, or it died)."""
-        for path, w in self.watched.items():
-            if w.source.fileno() != fd:
+        for (path, _), w in self.watched.items():
+            if w.source.closed or w.source.fileno() != fd:
                 continue
             n = w.source.consume(revents)
             if n:
                 c = self.counts[path]
                 if w.mechanism == "psi":
-                    c.pressure_events += n
+                    c.pressure_events = (c.pressure_events or 0) + n
+                elif w.mechanism == "vmpressure":
+                    c.vmpressure_events = (c.vmpressure_events or 0) + n
                 else:
-                    c.vmpressure_events += n
+                    c.threshold_events = (c.threshold_events or 0) + n
                 c.last_event = w.source.last_event
             return n
         return 0

@@ -59,6 +59,7 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
     fields: set[str] = set()
     history = False
     watch: list[tuple[str, float]] = []
+    usage: list[tuple[str, float | None, int | None]] = []
     for rs in rulesets:
         for plugin in [p for _, ps in rs.groups for p in ps] + rs.actions:
             n = plugin.needs()
@@ -66,7 +67,11 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
             fields |= n.fields
             history = history or n.history
             watch.extend(w for w in n.pressure_watch if w not in watch)
-    return Needs(cgroups=tuple(patterns), fields=frozenset(fields), history=history, pressure_watch=tuple(watch))
+            usage.extend(w for w in n.usage_watch if w not in usage)
+    return Needs(
+        cgroups=tuple(patterns), fields=frozenset(fields), history=history, pressure_watch=tuple(watch),
+        usage_watch=tuple(usage),
+    )
 
 
 def policy_needs(policy: Policy) -> Needs:

@@ -50,7 +50,7 @@ def test_psi_trigger_on_a_cgroup_with_its_own_psi_file(cgroups: CgroupSandbox):
         taker.use(needs_for(path))
         first = taker.take(generation=1)
         (st,) = [s for s in first.cgroups if s.path == path]
-        assert taker.watch.counts[path].mechanism == "psi"
+        assert taker.watch.mechanism(path, "pressure") == "psi"
         assert st.pressure_events == 0 and st.vmpressure_events is None and st.last_event is None
         cgroups.thrasher("t")
         assert wait_for_events(taker, poller) >= 1
@@ -70,7 +70,7 @@ def test_vmpressure_stands_in_where_the_cgroup_has_no_psi_of_its_own(cgroups: Cg
     try:
         taker.use(needs_for(path))
         taker.take(generation=1)
-        assert taker.watch.counts[path].mechanism == "vmpressure"
+        assert taker.watch.mechanism(path, "pressure") == "vmpressure"
         cgroups.thrasher("v1only", hierarchies=("memory",))
         assert wait_for_events(taker, poller) >= 1
         (st,) = [s for s in taker.take(generation=1).cgroups if s.path == path]
@@ -88,13 +88,42 @@ def test_watch_follows_the_policy_and_the_cgroups(cgroups: CgroupSandbox):
     try:
         taker.use(needs_for(f"{cgroups.path}/*"))
         taker.take(generation=1)
-        assert sorted(taker.watch.watched) == [f"{cgroups.path}/a", f"{cgroups.path}/b"]
+        assert sorted(taker.watch.watched) == [(f"{cgroups.path}/a", "pressure"), (f"{cgroups.path}/b", "pressure")]
         for h in ("memory", "unified"):
             (cgroups.dirs[0].parent.parent / h / cgroups.name / "b").rmdir()
         taker.take(generation=1)
-        assert sorted(taker.watch.watched) == [f"{cgroups.path}/a"]
+        assert sorted(taker.watch.watched) == [(f"{cgroups.path}/a", "pressure")]
         taker.use(needs_for("pyoomd-test-nothing-here"))
         taker.take(generation=2)
         assert taker.watch.watched == {}
+    finally:
+        taker.close()
+
+
+def test_memory_above_waits_for_a_v1_usage_threshold(cgroups: CgroupSandbox):
+    cgroups.mkdir("t", memory_limit=64 << 20)
+    cgroups.mkdir("v2only", hierarchies=("unified",))
+    path = f"{cgroups.path}/t"
+    needs = policy_needs(load_policy_text(f"""
+rulesets:
+  - name: size
+    detectors:
+      - name: g
+        all:
+          - memory_above: {{cgroup: "{path},{cgroups.path}/v2only", threshold: 48M, duration: 0}}
+    actions:
+      - continue: {{}}
+""", "t.yaml"))
+    taker, poller = new_taker()
+    try:
+        taker.use(needs)
+        taker.take(generation=1)
+        assert taker.watch.mechanism(path, "usage") == "usage threshold"
+        assert taker.watch.mechanism(f"{cgroups.path}/v2only", "usage") is None  # cgroup2: read each tick
+        cgroups.thrasher("t")
+        assert wait_for_events(taker, poller) >= 1
+        (st,) = [s for s in taker.take(generation=1).cgroups if s.path == path]
+        assert st.threshold_events >= 1
+        assert st.usage >= 40 << 20
     finally:
         taker.close()

@@ -16,7 +16,7 @@ import msgspec
 import zmq
 
 from cgroupfs import CgroupFS, CgroupStats, detect_layout
-from cgroupfs.watch import EventWatch
+from cgroupfs.watch import EventWatch, WatchKind
 from ipc.codec import Channel
 from ipc.endpoints import snapshot_sender
 from ipc.messages import PolicyUpdate, Snapshot
@@ -70,7 +70,7 @@ class SnapshotTaker:
         with self.fs.tick():
             host = self.fs.read_host()
             paths = self.fs.resolve(self.needs.cgroups)  # globs resolved afresh every tick
-            self._sync_watch(paths)
+            self._sync_watch(paths, host.mem_total)
             for path in paths:
                 stats = self.fs.read_stats(path, fields, host)
                 if stats is not None:
@@ -81,12 +81,19 @@ class SnapshotTaker:
             cgroups=cgroups,
         )
 
-    def _sync_watch(self, paths: list[str]) -> None:
-        wanted: dict[str, float] = {}
+    def _sync_watch(self, paths: list[str], mem_total: int) -> None:
+        wanted: dict[tuple[str, WatchKind], float] = {}
         for pattern, pct in self.needs.pressure_watch:
             for path in paths:
                 if matches(pattern, path):
-                    wanted[path] = min(pct, wanted.get(path, pct))
+                    key = (path, "pressure")
+                    wanted[key] = min(pct, wanted.get(key, pct))
+        for pattern, percent, size in self.needs.usage_watch:
+            threshold = mem_total * percent / 100 if percent is not None else float(size or 0)
+            for path in paths:
+                if matches(pattern, path) and threshold > 0:
+                    key = (path, "usage")
+                    wanted[key] = min(threshold, wanted.get(key, threshold))
         added, removed = self.watch.sync(wanted)
         for fd in removed:
             with contextlib.suppress(KeyError, OSError, ValueError):
@@ -96,12 +103,13 @@ class SnapshotTaker:
 
     def _with_events(self, stats: CgroupStats) -> CgroupStats:
         counts = self.watch.counts.get(stats.path)
-        if counts is None or not counts.mechanism:
+        if counts is None:
             return stats
         return msgspec.structs.replace(
             stats,
-            pressure_events=counts.pressure_events if counts.mechanism == "psi" else None,
-            vmpressure_events=counts.vmpressure_events if counts.mechanism == "vmpressure" else None,
+            pressure_events=counts.pressure_events,
+            vmpressure_events=counts.vmpressure_events,
+            threshold_events=counts.threshold_events,
             last_event=counts.last_event,
         )
 

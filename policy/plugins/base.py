@@ -36,6 +36,8 @@ class Needs:
     # (pattern, percent): wait on pressure events of these cgroups, and evaluate at once when one comes;
     # the percent is the share of time stalled that counts as an event (the plugin's threshold).
     pressure_watch: tuple[tuple[str, float], ...] = ()
+    # (pattern, percent of MemTotal or None, bytes or None): wait for usage to cross this, where the kernel can say
+    usage_watch: tuple[tuple[str, float | None, int | None], ...] = ()
 
 
 T = TypeVar("T")

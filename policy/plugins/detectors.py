@@ -111,7 +111,10 @@ class MemoryAbove(Plugin):
         args.get("debug", _as_bool, False)
 
     def needs(self) -> Needs:
-        return Needs(cgroups=self.cgroups, fields=frozenset({"memory"}))
+        watch = () if self.anon else tuple(
+            (pattern, self.percent, None if self.percent is not None else self.bytes) for pattern in self.cgroups
+        )
+        return Needs(cgroups=self.cgroups, fields=frozenset({"memory"}), usage_watch=watch)
 
     def threshold(self, ctx: TickContext) -> int:
         if self.percent is not None:
