@@ -13,13 +13,20 @@ from policy.paths import matches_any
 AVERAGE_SIZE_DECAY = 4.0
 
 
+RATE_FIELDS = ("workingset_refault", "pgscan", "pgmajfault", "vmpressure_events", "pressure_events")
+
+
 @dataclass
 class History:
     """Per-cgroup figures kept across ticks (oomd's context archive). Kept only while a cgroup is seen."""
 
     average_usage: dict[str, float] = field(default_factory=dict)
+    # path -> field -> per-second rate of a cumulative counter between the last two snapshots
+    rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    _last: dict[str, tuple[float, CgroupStats]] = field(default_factory=dict)
 
     def update(self, snapshot: Snapshot) -> None:
+        self._update_rates(snapshot)
         seen: dict[str, float] = {}
         for cg in snapshot.cgroups:
             if cg.usage is None:
@@ -29,6 +36,25 @@ class History:
             prev = self.average_usage.get(cg.path, float(cg.usage))
             seen[cg.path] = prev * (AVERAGE_SIZE_DECAY - 1) / AVERAGE_SIZE_DECAY + cg.usage / AVERAGE_SIZE_DECAY
         self.average_usage = seen
+
+    def _update_rates(self, snapshot: Snapshot) -> None:
+        last, rates = {}, {}
+        for cg in snapshot.cgroups:
+            prev = self._last.get(cg.path)
+            if prev is not None and prev[1].inode == cg.inode and snapshot.monotonic > prev[0]:
+                elapsed = snapshot.monotonic - prev[0]
+                rates[cg.path] = {
+                    name: max(getattr(cg, name) - getattr(prev[1], name), 0) / elapsed
+                    for name in RATE_FIELDS
+                    if getattr(cg, name) is not None and getattr(prev[1], name) is not None
+                }
+            last[cg.path] = (snapshot.monotonic, cg)
+        self._last, self.rates = last, rates
+
+    def rate(self, cg: CgroupStats, name: str) -> float | None:
+        """Per second, between the last two snapshots; None on a cgroup's first tick or where the kernel has
+        no such counter. On v1 hosts, `workingset_refault` and `vmpressure_events` stand in for v2's `pgscan`."""
+        return self.rates.get(cg.path, {}).get(name)
 
     def growth(self, cg: CgroupStats) -> float:
         avg = self.average_usage.get(cg.path)

@@ -246,3 +246,22 @@ def test_needs_merge_what_plugins_declare():
     assert needs.fields == {"memory", "pressure"}
     assert needs.history is True
     assert needs.pressure_watch == (("/p", 10.0),)
+
+
+def test_history_offers_per_second_rates_of_cumulative_counters():
+    from policy.context import History
+
+    def stats(refaults, pgscan=None, inode=7):
+        return CgroupStats(path="/p/a", inode=inode, usage=MB, workingset_refault=refaults, pgscan=pgscan)
+
+    h = History()
+    first = Snapshot(seq=1, generation=1, time=0.0, monotonic=10.0, host=snap([]).host, cgroups=[stats(100)])
+    h.update(first)
+    assert h.rate(first.cgroups[0], "workingset_refault") is None  # first sight: no rate yet
+    second = Snapshot(seq=2, generation=1, time=2.0, monotonic=12.0, host=first.host, cgroups=[stats(700)])
+    h.update(second)
+    assert h.rate(second.cgroups[0], "workingset_refault") == 300.0
+    assert h.rate(second.cgroups[0], "pgscan") is None  # a v1 cgroup has no pgscan: no rate, not 0
+    reborn = Snapshot(seq=3, generation=1, time=3.0, monotonic=13.0, host=first.host, cgroups=[stats(5, inode=8)])
+    h.update(reborn)
+    assert h.rate(reborn.cgroups[0], "workingset_refault") is None  # a new cgroup of the same name starts over
