@@ -74,6 +74,7 @@ class TickContext:
     dry_run_source: str
     ruleset: str = ""
     group: str = ""  # the detector group that fired, while actions run
+    ruleset_cgroup: str | None = None  # the cgroup a per-cgroup ruleset is running for
     submitted: list[KillCommand] = field(default_factory=list)
 
     @property

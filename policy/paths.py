@@ -16,6 +16,13 @@ def parse_cgroup_list(value: object) -> tuple[str, ...]:
     return tuple(normalize(p) for p in value.split(",") if p.strip())
 
 
+def join_cgroup(base: str, rel: str) -> str:
+    """`rel` under `base` ("/a/*" + "/b" -> "/a/*/b"); rel "/" is base itself."""
+    if rel in ("", "/"):
+        return base
+    return (base.rstrip("/") + "/" + rel.strip("/")) if base != "/" else "/" + rel.strip("/")
+
+
 def matches(pattern: str, path: str) -> bool:
     """Does `path` match `pattern` component by component (a '*' never crosses a '/')?"""
     pp = [p for p in pattern.split("/") if p]

@@ -8,7 +8,7 @@ from cgroupfs.stats import CgroupStats, HostStats, Pressure
 from ipc.messages import CommandResult, Snapshot
 from policy.engine import Engine, policy_needs
 from policy.loader import load_policy_text
-from policy.plugins.base import Args, Plugin, Ret, RulesetOptions, register
+from policy.plugins.base import Arg, Plugin, Ret, register
 
 MB = 1 << 20
 RUNS: dict[str, int] = {}
@@ -20,10 +20,9 @@ class CountingDetector(Plugin):
 
     name = "test_counting"
     kinds = frozenset({"detector"})
-
-    def init(self, args: Args, ruleset: RulesetOptions) -> None:
-        self.key = args.get("key", str, required=True)
-        self.holds = args.get("holds", bool, True)
+    args = (Arg("key", "string"), Arg("holds", "bool", True))
+    key: str
+    holds: bool
 
     def run(self, ctx) -> Ret:
         RUNS[self.key] = RUNS.get(self.key, 0) + 1

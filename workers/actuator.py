@@ -44,7 +44,7 @@ class CommandExecutor:
             opts = RulesetOptions(rs.name, rs.post_action_delay, update.policy.interval)
             for spec in rs.actions:
                 plugin = build_plugin(spec, "action", opts)
-                patterns = getattr(plugin, "cgroups", None)
+                patterns = plugin.watched_patterns()
                 if patterns:
                     targets[(rs.name, spec.name)] = targets.get((rs.name, spec.name), ()) + tuple(patterns)
         # Our own view of what must never be touched, beside what the supervisor sent.

@@ -9,43 +9,50 @@ import uuid
 from cgroupfs.stats import CgroupStats
 from ipc.messages import Candidate, KillCommand
 from policy.context import TickContext
-from policy.paths import is_protected, parse_cgroup_list
-from policy.plugins.base import ArgError, Args, Needs, Plugin, Ret, RulesetOptions, register
-from policy.plugins.detectors import _as_bool, _as_float
-from policy.units import parse_duration
+from policy.paths import is_protected
+from policy.plugins.base import CGROUP_ARGS, Arg, ArgError, Needs, Plugin, Ret, register
 
 KILL_TIMEOUT = 5.0  # seconds the actuator keeps signalling before it reports the cgroup as not emptied
 
 
-def _as_int(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"expected an integer, got {value!r}")
-    return int(value)  # type: ignore[arg-type]
+KILL_ARGS = (
+    *CGROUP_ARGS,
+    Arg("recursive", "bool", False, "walk down from the matches to the best leaf (not supported yet)"),
+    Arg("post_action_delay", "duration", None, "rest after a kill; default: the ruleset's", unit="s"),
+    Arg("dry", "bool", False, "decide and record, but signal nothing"),
+    Arg("always_continue", "bool", False, "CONTINUE the action chain even after a kill"),
+    Arg("reap_memory", "bool", True, "process_mrelease after SIGKILL, where the kernel has it"),
+    Arg("debug", "bool", False, "log the ranking"),
+    Arg("grace", "duration", 0.0, "pyoomd: SIGTERM first, SIGKILL what is left after this long", unit="s"),
+)
 
 
 class KillPlugin(Plugin):
     """Common to oomd's kill plugins: candidates, dry, post_action_delay, one command per decision."""
 
     kinds = frozenset({"action"})
+    args = KILL_ARGS
 
-    def init_common(self, args: Args, ruleset: RulesetOptions) -> None:
-        self.cgroups = args.get("cgroup", parse_cgroup_list, required=True)
-        self.dry = args.get("dry", _as_bool, False)
-        self.post_action_delay = args.get("post_action_delay", parse_duration, ruleset.post_action_delay)
-        # pyoomd's own: SIGTERM, then SIGKILL after this grace. oomd (and the default) send SIGKILL at once.
-        self.grace = args.get("grace", parse_duration, 0.0)
-        if args.get("recursive", _as_bool, False):
+    cgroup: tuple[str, ...]
+    recursive: bool
+    post_action_delay: float
+    dry: bool
+    always_continue: bool
+    grace: float
+
+    def setup(self) -> None:
+        self.require_cgroup()
+        if self.recursive:
             raise ArgError("recursive", "argument 'recursive': true is not supported yet", at_value=True)
-        args.get("debug", _as_bool, False)
-        self.interval = ruleset.interval
+        if self.post_action_delay is None:
+            self.post_action_delay = self.ruleset.post_action_delay
+        self.interval = self.ruleset.interval
 
     def candidates(self, ctx: TickContext) -> list[CgroupStats]:
         """Matching cgroups that hold processes and are not protected."""
         return [
             cg
-            for cg in ctx.select(self.cgroups)
+            for cg in self.select(ctx)
             if cg.nr_procs and not is_protected(cg.path, ctx.protected)
         ]
 
@@ -80,30 +87,33 @@ class KillPlugin(Plugin):
         return Ret.ASYNC_PAUSED
 
     def on_result(self, status: str) -> Ret:
-        # Something was killed (or would have been): end the chain and hold off for post_action_delay.
-        # Nothing could be killed: let the chain go on, as oomd does when a kill fails.
-        return Ret.STOP if status in ("killed", "dry-run") else Ret.CONTINUE
+        # Something was killed (or would have been): end the chain and hold off for post_action_delay, unless
+        # always_continue. Nothing could be killed: let the chain go on, as oomd does when a kill fails.
+        if status in ("killed", "dry-run"):
+            return Ret.CONTINUE if self.always_continue else Ret.STOP
+        return Ret.CONTINUE
 
 
 @register
 class KillByMemorySizeOrGrowth(KillPlugin):
-    """oomd's three phases: above `size_threshold` % of the candidates' total usage first (largest first),
-    then the fastest growing among the largest (P`growing_size_percentile`), then the rest by size."""
-
     name = "kill_by_memory_size_or_growth"
+    doc = ("oomd's three phases: candidates above `size_threshold` % of their total usage first (largest first), "
+           "then the fastest growing among the largest (P`growing_size_percentile`), then the rest by size. "
+           "Usage is memory.current - protection on v2, the v1 memory controller's usage on v1 and hybrid hosts.")
+    args = (
+        *KILL_ARGS,
+        Arg("size_threshold", "int", 50, "percent of the candidates' total usage", unit="%", minimum=0, maximum=100),
+        Arg("min_growth_ratio", "float", 1.25, "usage over its running average", minimum=0),
+        Arg("growing_size_percentile", "int", 80, "only the largest candidates may be picked for growth",
+            minimum=0, maximum=99),
+    )
 
-    def init(self, args: Args, ruleset: RulesetOptions) -> None:
-        self.init_common(args, ruleset)
-        self.size_threshold = args.get("size_threshold", _as_int, 50)
-        self.min_growth_ratio = args.get("min_growth_ratio", _as_float, 1.25)
-        self.growing_size_percentile = args.get("growing_size_percentile", _as_int, 80)
-        if not 0 <= self.growing_size_percentile < 100:
-            raise ArgError(
-                "growing_size_percentile", "argument 'growing_size_percentile' must be in [0, 100)", at_value=True
-            )
+    size_threshold: int
+    min_growth_ratio: float
+    growing_size_percentile: int
 
     def needs(self) -> Needs:
-        return Needs(cgroups=self.cgroups, fields=frozenset({"memory"}), history=True)
+        return Needs(cgroups=self.watched_patterns(), fields=frozenset({"memory"}), history=True)
 
     def rank(self, ctx: TickContext, cgroups: list[CgroupStats]) -> list[tuple[CgroupStats, str]]:
         if not cgroups:

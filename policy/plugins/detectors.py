@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from policy.context import TickContext
-from policy.paths import parse_cgroup_list
-from policy.plugins.base import ArgError, Args, Needs, Plugin, Ret, RulesetOptions, register
-from policy.units import parse_duration, parse_size
+from policy.plugins.args import SizeOrPercent
+from policy.plugins.base import CGROUP_ARGS, Arg, ArgError, Needs, Plugin, Ret, register
 
 
-def _as_bool(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _as_float(value: object) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise ValueError(f"expected a number, got {value!r}") from None
-
-
-class _HeldFor:
+class HeldFor:
     """oomd's `hit_thres_at_`: a condition must hold continuously for `duration` seconds."""
 
     def __init__(self, duration: float) -> None:
@@ -45,33 +23,46 @@ class _HeldFor:
         return now - self.since >= self.duration
 
 
+RESOURCE = Arg("resource", "choice", doc="which pressure: memory or io", choices=("memory", "io"))
+
+
 @register
 class PressureAbove(Plugin):
-    """10 s `full` pressure of the most pressured matching cgroup above `threshold` % for `duration`."""
-
     name = "pressure_above"
     kinds = frozenset({"detector"})
+    doc = ("CONTINUE while the 10 s pressure of the most pressured matching cgroup (oomd's weighting: "
+           "3 x avg10 + 2 x avg60 + avg300 picks it) is above `threshold`, held for `duration`.")
+    args = (
+        *CGROUP_ARGS,
+        RESOURCE,
+        Arg("threshold", "float", doc="percent of time stalled (memory: 'full', as oomd)", unit="%", minimum=0),
+        Arg("duration", "duration", doc="how long it must hold without a break", unit="s"),
+    )
+    requires = frozenset({"per-cgroup psi"})
 
-    def init(self, args: Args, ruleset: RulesetOptions) -> None:
-        self.cgroups = args.get("cgroup", parse_cgroup_list, required=True)
-        resource = args.get("resource", str, required=True)
-        if resource != "memory":
-            raise ArgError("resource", f"argument 'resource': '{resource}' is not supported yet (memory is)",
-                           at_value=True)
-        self.threshold = args.get("threshold", _as_float, required=True)
-        self.held = _HeldFor(args.get("duration", parse_duration, required=True))
+    cgroup: tuple[str, ...]
+    resource: str
+    threshold: float
+    duration: float
+
+    def setup(self) -> None:
+        self.require_cgroup()
+        if self.resource != "memory":
+            raise ArgError("resource", "argument 'resource': 'io' is not supported yet (memory is)", at_value=True)
+        self.held = HeldFor(self.duration)
 
     def needs(self) -> Needs:
+        patterns = self.watched_patterns()
         return Needs(
-            cgroups=self.cgroups,
+            cgroups=patterns,
             fields=frozenset({"pressure", "memory"}),
-            pressure_watch=tuple((pattern, self.threshold) for pattern in self.cgroups),
+            pressure_watch=tuple((pattern, self.threshold) for pattern in patterns),
         )
 
     def run(self, ctx: TickContext) -> Ret:
         best = None
         best_weight = 0.0
-        for cg in ctx.select(self.cgroups):
+        for cg in self.select(ctx):
             p = cg.pressure
             if p is None or p.full_avg10 is None:
                 continue
@@ -83,57 +74,51 @@ class PressureAbove(Plugin):
         return Ret.CONTINUE if self.held.update(holds, ctx.now) else Ret.STOP
 
 
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-
-
 @register
 class MemoryAbove(Plugin):
-    """Usage (or anon usage) of the largest matching cgroup above a threshold for `duration`."""
-
     name = "memory_above"
     kinds = frozenset({"detector"})
+    doc = ("CONTINUE while the usage (or, with `threshold_anon`, the anonymous memory) of the largest matching "
+           "cgroup is above the threshold, held for `duration`. Give `threshold` or `threshold_anon`; with both, "
+           "`threshold_anon` wins (as in oomd).")
+    args = (
+        *CGROUP_ARGS,
+        Arg("threshold", "size_or_percent", None, "a size (1.5G, 512M, '1.5M 32K 512'; a bare number is MB) "
+            "or N% of MemTotal"),
+        Arg("threshold_anon", "size_or_percent", None, "the same, compared with anonymous memory"),
+        Arg("duration", "duration", doc="how long it must hold without a break", unit="s"),
+        Arg("debug", "bool", False, "log every comparison"),
+    )
 
-    def init(self, args: Args, ruleset: RulesetOptions) -> None:
-        self.cgroups = args.get("cgroup", parse_cgroup_list, required=True)
-        self.anon = args.has("threshold_anon")
-        key = "threshold_anon" if self.anon else "threshold"
-        if self.anon and args.has("threshold"):
-            args.get("threshold", str)  # oomd drops it when threshold_anon is given
-        self.percent: float | None = None
-        self.bytes = 0
-        raw = args.get(key, lambda v: v, required=True)
-        m = _PERCENT.match(str(raw))
-        if m:
-            self.percent = float(m.group(1))
-        else:
-            self.bytes = args.get(key, parse_size)
-        self.held = _HeldFor(args.get("duration", parse_duration, required=True))
-        args.get("debug", _as_bool, False)
+    threshold: SizeOrPercent | None
+    threshold_anon: SizeOrPercent | None
+    duration: float
+
+    def setup(self) -> None:
+        self.require_cgroup()
+        if self.threshold is None and self.threshold_anon is None:
+            raise ArgError(None, "missing required argument 'threshold' (or 'threshold_anon')")
+        self.anon = self.threshold_anon is not None
+        self.limit: SizeOrPercent = self.threshold_anon if self.threshold_anon is not None else self.threshold  # type: ignore[assignment]
+        self.held = HeldFor(self.duration)
 
     def needs(self) -> Needs:
-        watch = () if self.anon else tuple(
-            (pattern, self.percent, None if self.percent is not None else self.bytes) for pattern in self.cgroups
-        )
-        return Needs(cgroups=self.cgroups, fields=frozenset({"memory"}), usage_watch=watch)
-
-    def threshold(self, ctx: TickContext) -> int:
-        if self.percent is not None:
-            return int(ctx.host.mem_total * self.percent / 100)
-        return self.bytes
+        patterns = self.watched_patterns()
+        watch = () if self.anon else tuple((p, self.limit.percent, self.limit.bytes) for p in patterns)
+        return Needs(cgroups=patterns, fields=frozenset({"memory"}), usage_watch=watch)
 
     def run(self, ctx: TickContext) -> Ret:
-        usages = [(cg.anon if self.anon else cg.usage) or 0 for cg in ctx.select(self.cgroups)]
+        usages = [(cg.anon if self.anon else cg.usage) or 0 for cg in self.select(ctx)]
         current = max(usages, default=0)
-        return Ret.CONTINUE if self.held.update(current > self.threshold(ctx), ctx.now) else Ret.STOP
+        holds = current > self.limit.of(ctx.host.mem_total)
+        return Ret.CONTINUE if self.held.update(holds, ctx.now) else Ret.STOP
 
 
 @register
 class Continue(Plugin):
     name = "continue"
     kinds = frozenset({"detector", "action"})
-
-    def init(self, args: Args, ruleset: RulesetOptions) -> None:
-        pass
+    doc = "Always CONTINUE."
 
     def run(self, ctx: TickContext) -> Ret:
         return Ret.CONTINUE
@@ -143,9 +128,7 @@ class Continue(Plugin):
 class Stop(Plugin):
     name = "stop"
     kinds = frozenset({"detector", "action"})
-
-    def init(self, args: Args, ruleset: RulesetOptions) -> None:
-        pass
+    doc = "Always STOP."
 
     def run(self, ctx: TickContext) -> Ret:
         return Ret.STOP
