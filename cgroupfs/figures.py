@@ -15,7 +15,7 @@ from cgroupfs.parse import parse_flat_keyed, parse_limit
 Read = Callable[[Path], str]
 
 # The groups a plugin can ask for. "tree" facts (members, populated) are always read: every record needs them.
-FIELD_GROUPS = frozenset({"memory", "swap", "reclaim", "oom", "tree", "pressure"})
+FIELD_GROUPS = frozenset({"memory", "swap", "reclaim", "oom", "tree", "pressure", "io", "xattrs"})
 
 
 def _optional(read: Read, path: Path) -> str | None:
@@ -133,3 +133,25 @@ def root_from_meminfo(info: dict[str, int], fields: frozenset[str]) -> dict[str,
     if "swap" in fields and "SwapTotal" in info:
         out.update(swap_usage=info["SwapTotal"] - info.get("SwapFree", 0), swap_limit=info["SwapTotal"])
     return out
+
+
+def v2_io_totals(text: str) -> dict[str, int]:
+    """io.stat summed over devices: bytes (read + written + discarded) and operations, both cumulative."""
+    total_bytes = total_ios = 0
+    for line in text.splitlines():
+        for field in line.split()[1:]:
+            key, _, value = field.partition("=")
+            if key in ("rbytes", "wbytes", "dbytes"):
+                total_bytes += int(value)
+            elif key in ("rios", "wios", "dios"):
+                total_ios += int(value)
+    return {"io_bytes": total_bytes, "io_ops": total_ios}
+
+
+def v1_blkio_total(text: str) -> int | None:
+    """blkio.throttle.*_recursive: the kernel's own "Total" line (the sum over devices and operations)."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "Total":
+            return int(parts[1])
+    return None

@@ -51,6 +51,15 @@ class CgroupStats(msgspec.Struct, frozen=True):
     nr_dying_descendants: int | None = None  # v2 only
     # "pressure"
     pressure: Pressure | None = None  # from this cgroup's own PSI file only (host PSI stands for "/" alone)
+    # "io"
+    io_pressure: Pressure | None = None  # io.pressure, with the same rules as memory pressure
+    io_bytes: int | None = None  # cumulative bytes read, written, discarded (v2 io.stat; v1 blkio throttle)
+    io_ops: int | None = None  # cumulative operations
+    # "xattrs": the cgroup's extended attributes (oomd_prefer, oomd_avoid, user.oomd_omit, xattr_filter names)
+    xattrs: dict[str, str] | None = None
+    # PSI triggers a plugin asked for by key (cgroupfs.watch.trigger_key): cumulative firings, last firing time
+    triggers: dict[str, int] | None = None
+    trigger_last: dict[str, float] | None = None
     # events, for cgroups a pressure plugin watches: cumulative since the collector began watching
     pressure_events: int | None = None  # PSI trigger firings on the cgroup's own PSI file
     vmpressure_events: int | None = None  # v1 stand-in where there is no per-cgroup PSI: vmpressure "medium"

@@ -14,7 +14,15 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from cgroupfs.figures import FIELD_GROUPS, root_from_meminfo, v1_memory, v2_memory, v2_tree
+from cgroupfs.figures import (
+    FIELD_GROUPS,
+    root_from_meminfo,
+    v1_blkio_total,
+    v1_memory,
+    v2_io_totals,
+    v2_memory,
+    v2_tree,
+)
 from cgroupfs.keptfiles import KeptFiles
 from cgroupfs.layout import Hierarchy, Layout
 from cgroupfs.parse import (
@@ -166,20 +174,21 @@ class CgroupFS:
         except FileNotFoundError:
             return None
 
-    def pressure_file(self, path: str) -> Path | None:
-        """The PSI file that speaks for `path` alone: its own (or its verified cgroup2 twin's) memory.pressure;
-        for the root, the cgroup2 root's or /proc/pressure/memory. None where the host has none."""
+    def pressure_file(self, path: str, resource: str = "memory") -> Path | None:
+        """The PSI file that speaks for `path` alone: its own (or its verified cgroup2 twin's) RESOURCE.pressure;
+        for the root, the cgroup2 root's or /proc/pressure/RESOURCE. None where the host has none."""
         twin = self.layout.unified
+        name = f"{resource}.pressure"
         if path == "/":
-            if twin is not None and (twin.dir_of("/") / "memory.pressure").exists():
-                return twin.dir_of("/") / "memory.pressure"
-            host_psi = self.proc / "pressure" / "memory"
+            if twin is not None and (twin.dir_of("/") / name).exists():
+                return twin.dir_of("/") / name
+            host_psi = self.proc / "pressure" / resource
             loc = self.locate("/")
             return host_psi if loc is not None and loc[0].root == "/" and host_psi.exists() else None
         d = self.twin(path, "unified")
-        if d is None or not (d / "memory.pressure").exists():
+        if d is None or not (d / name).exists():
             return None
-        return d / "memory.pressure"
+        return d / name
 
     def v1_memory_dir(self, path: str) -> Path | None:
         """The v1 memory cgroup directory of `path`, for v1 notifications (vmpressure, thresholds)."""
@@ -290,6 +299,10 @@ class CgroupFS:
                 figures.update(v2_tree(self._read, d))
             if "pressure" in fields:
                 figures["pressure"] = self._pressure(hier, path, members, host)
+            if "io" in fields:
+                figures.update(self._io(hier, path, members))
+            if "xattrs" in fields:
+                figures["xattrs"] = self.xattrs(path)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENODEV):
                 return None  # removed while we read it
@@ -326,16 +339,20 @@ class CgroupFS:
                 continue
         return total
 
-    def _pressure(self, hier: Hierarchy, path: str, members: set[int], host: HostStats | None) -> Pressure | None:
+    def _pressure(
+        self, hier: Hierarchy, path: str, members: set[int], host: HostStats | None, resource: str = "memory"
+    ) -> Pressure | None:
         twin = self.layout.unified
         if path == "/":
             # The root of what we see. Its own memory.pressure, where the kernel has one, is right both on the
             # host (system-wide) and in a cgroup namespace (the namespace's root). Host PSI stands in only for
             # the true root: a mount whose root is "/" (not a container's bind-mounted subtree).
-            if twin is not None and (twin.dir_of("/") / "memory.pressure").exists():
-                return self._own_pressure(twin.dir_of("/"))
+            if twin is not None and (twin.dir_of("/") / f"{resource}.pressure").exists():
+                return self._own_pressure(twin.dir_of("/"), resource)
             if hier.root == "/":
-                return host.pressure if host is not None else self.read_host().pressure
+                if resource == "memory":
+                    return host.pressure if host is not None else self.read_host().pressure
+                return self._own_pressure(self.proc / "pressure", resource, bare=True)
             return None
         if twin is None:
             return None  # pure v1: no per-cgroup PSI
@@ -343,14 +360,50 @@ class CgroupFS:
         # Trust the cgroup2 twin only if it holds exactly the processes the primary directory holds.
         if twin is not hier and (not td.is_dir() or self._members_of_dir(td) != members):
             return None
-        return self._own_pressure(td)
+        return self._own_pressure(td, resource)
 
-    def _own_pressure(self, td: Path) -> Pressure | None:
+    def _own_pressure(self, td: Path, resource: str = "memory", bare: bool = False) -> Pressure | None:
         try:
-            return parse_pressure(self._read(td / "memory.pressure"))
+            return parse_pressure(self._read(td / (resource if bare else f"{resource}.pressure")))
         except (FileNotFoundError, ValueError):
             return None
         except OSError as e:
             if e.errno == errno.EOPNOTSUPP:  # psi disabled for this cgroup
                 return None
             raise
+
+    def _io(self, hier: Hierarchy, path: str, members: set[int]) -> dict:
+        out: dict = {"io_pressure": self._pressure(hier, path, members, None, "io")}
+        unified = self.twin(path, "unified")
+        if unified is not None and (unified / "io.stat").exists():
+            out.update(v2_io_totals(self._read(unified / "io.stat")))
+            return out
+        blkio = self.twin(path, "blkio")
+        if blkio is not None:
+            with contextlib.suppress(FileNotFoundError):
+                out["io_bytes"] = v1_blkio_total(self._read(blkio / "blkio.throttle.io_service_bytes_recursive"))
+                out["io_ops"] = v1_blkio_total(self._read(blkio / "blkio.throttle.io_serviced_recursive"))
+        return out
+
+    XATTR_HIERARCHIES = ("name=systemd",)
+
+    def xattrs(self, path: str) -> dict[str, str]:
+        """The cgroup's extended attributes, from its primary directory and, where systemd keeps them, its
+        cgroup2 and name=systemd directories (the primary's win). trusted.* needs CAP_SYS_ADMIN to read."""
+        dirs: list[Path] = []
+        loc = self.locate(path)
+        if loc is not None:
+            dirs.append(loc[1])
+        for h in (self.layout.unified, *(self.layout.v1(c) for c in self.XATTR_HIERARCHIES)):
+            if h is not None and h.dir_of(path).is_dir() and h.dir_of(path) not in dirs:
+                dirs.append(h.dir_of(path))
+        out: dict[str, str] = {}
+        for d in reversed(dirs):
+            try:
+                names = os.listxattr(d)
+            except OSError:
+                continue
+            for name in names:
+                with contextlib.suppress(OSError):
+                    out[name] = os.getxattr(d, name).decode(errors="replace")
+        return out

@@ -24,8 +24,27 @@ log = logging.getLogger("pyoomd.cgroupfs")
 WINDOW_US = 500_000  # asked for first; hosts without CAP_SYS_RESOURCE get the nearest 2 s multiple
 VMPRESSURE_LEVEL = "medium"  # reclaim is struggling: the level oomd-like daemons care about on v1
 
-WatchKind = Literal["pressure", "usage"]
-Mechanism = Literal["psi", "vmpressure", "usage threshold"]
+WatchKind = str  # "pressure", "usage", or a trigger key (trigger_key())
+Mechanism = Literal["psi", "vmpressure", "usage threshold", "trigger"]
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """A PSI trigger exactly as a plugin asked for it (pressure_trigger)."""
+
+    resource: str  # memory | io | cpu
+    kind: str  # some | full
+    stall_us: int
+    window_us: int
+
+    @property
+    def key(self) -> str:
+        return trigger_key(self.resource, self.kind, self.stall_us, self.window_us)
+
+
+def trigger_key(resource: str, kind: str, stall_us: int, window_us: int) -> str:
+    """How a snapshot names a trigger's counts: the request, not what the kernel accepted after rounding."""
+    return f"{resource} {kind} {stall_us}/{window_us}"
 
 
 @dataclass
@@ -34,13 +53,15 @@ class EventCounts:
     vmpressure_events: int | None = None  # v1 vmpressure events, where there is no per-cgroup PSI
     threshold_events: int | None = None  # v1 usage threshold crossings
     last_event: float | None = None
+    triggers: dict[str, int] = field(default_factory=dict)  # trigger key -> firings
+    trigger_last: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class _Watched:
     source: EventSource
     mechanism: Mechanism
-    param: float  # stall percent, or threshold bytes
+    param: float | TriggerSpec  # stall percent, threshold bytes, or the trigger asked for
 
 
 @dataclass
@@ -51,9 +72,10 @@ class EventWatch:
     _noted: set[str] = field(default_factory=set)
     _failed: set[tuple[str, WatchKind]] = field(default_factory=set)
 
-    def sync(self, wanted: dict[tuple[str, WatchKind], float]) -> tuple[list[EventSource], list[int]]:
-        """Watch exactly `wanted`: (path, "pressure") -> stall threshold in percent of the window, and
-        (path, "usage") -> bytes. Returns the sources added and the descriptors removed (already closed)."""
+    def sync(self, wanted: dict[tuple[str, WatchKind], float | TriggerSpec]) -> tuple[list[EventSource], list[int]]:
+        """Watch exactly `wanted`: (path, "pressure") -> stall threshold in percent of the window,
+        (path, "usage") -> bytes, (path, trigger key) -> TriggerSpec. Returns the sources added and the
+        descriptors removed (already closed)."""
         added: list[EventSource] = []
         removed: list[int] = []
         for key in list(self.watched):
@@ -73,7 +95,9 @@ class EventWatch:
             if opened is not None:
                 self.watched[key] = opened
                 counts = self.counts.setdefault(key[0], EventCounts())
-                if opened.mechanism == "psi":
+                if opened.mechanism == "trigger":
+                    counts.triggers.setdefault(key[1], 0)
+                elif opened.mechanism == "psi":
                     counts.pressure_events = counts.pressure_events or 0
                 elif opened.mechanism == "vmpressure":
                     counts.vmpressure_events = counts.vmpressure_events or 0
@@ -82,18 +106,24 @@ class EventWatch:
                 added.append(opened.source)
         return added, removed
 
-    def _open(self, key: tuple[str, WatchKind], param: float) -> _Watched | None:
+    def _open(self, key: tuple[str, WatchKind], param: float | TriggerSpec) -> _Watched | None:
         path, kind = key
         mechanism: Mechanism
         try:
-            if kind == "usage":
+            if isinstance(param, TriggerSpec):
+                psi = self.fs.pressure_file(path, param.resource)
+                if psi is None:
+                    return None  # no PSI of its own here: `pyoomd check --host` says so
+                source: EventSource = open_psi_trigger(psi, param.kind, param.stall_us, param.window_us)
+                mechanism = "trigger"
+            elif kind == "usage":
                 memory_dir = self.fs.v1_memory_dir(path)
                 if memory_dir is None:
                     return None  # cgroup2 has no usage notification: the tick reads memory.current
-                source: EventSource = open_usage_threshold(memory_dir, max(1, int(param)))
+                source = open_usage_threshold(memory_dir, max(1, int(param)))
                 mechanism = "usage threshold"
             elif (psi_file := self.fs.pressure_file(path)) is not None:
-                stall = max(1, int(WINDOW_US * min(max(param, 0.1), 100.0) / 100))
+                stall = max(1, int(WINDOW_US * min(max(float(param), 0.1), 100.0) / 100))
                 source = open_psi_trigger(psi_file, "some", stall, WINDOW_US)
                 mechanism = "psi"
             else:
@@ -124,13 +154,16 @@ class EventWatch:
 
     def on_ready(self, fd: int, revents: int) -> int:
         """Count what a ready descriptor reports; returns the number of events (0: nothing, or it died)."""
-        for (path, _), w in self.watched.items():
+        for (path, kind), w in self.watched.items():
             if w.source.closed or w.source.fileno() != fd:
                 continue
             n = w.source.consume(revents)
             if n:
                 c = self.counts[path]
-                if w.mechanism == "psi":
+                if w.mechanism == "trigger":
+                    c.triggers[kind] = c.triggers.get(kind, 0) + n
+                    c.trigger_last[kind] = w.source.last_event or 0.0
+                elif w.mechanism == "psi":
                     c.pressure_events = (c.pressure_events or 0) + n
                 elif w.mechanism == "vmpressure":
                     c.vmpressure_events = (c.vmpressure_events or 0) + n

@@ -60,6 +60,7 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
     history = False
     watch: list[tuple[str, float]] = []
     usage: list[tuple[str, float | None, int | None]] = []
+    triggers: list = []
     for rs in rulesets:
         for plugin in [p for _, ps in rs.groups for p in ps] + rs.actions:
             n = plugin.needs()
@@ -68,9 +69,10 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
             history = history or n.history
             watch.extend(w for w in n.pressure_watch if w not in watch)
             usage.extend(w for w in n.usage_watch if w not in usage)
+            triggers.extend(w for w in n.trigger_watch if w not in triggers)
     return Needs(
         cgroups=tuple(patterns), fields=frozenset(fields), history=history, pressure_watch=tuple(watch),
-        usage_watch=tuple(usage),
+        usage_watch=tuple(usage), trigger_watch=tuple(triggers),
     )
 
 

@@ -16,7 +16,7 @@ import msgspec
 import zmq
 
 from cgroupfs import CgroupFS, CgroupStats, detect_layout
-from cgroupfs.watch import EventWatch, WatchKind
+from cgroupfs.watch import EventWatch, TriggerSpec, WatchKind
 from ipc.codec import Channel
 from ipc.endpoints import snapshot_sender
 from ipc.messages import PolicyUpdate, Snapshot
@@ -82,12 +82,16 @@ class SnapshotTaker:
         )
 
     def _sync_watch(self, paths: list[str], mem_total: int) -> None:
-        wanted: dict[tuple[str, WatchKind], float] = {}
+        wanted: dict[tuple[str, WatchKind], float | TriggerSpec] = {}
         for pattern, pct in self.needs.pressure_watch:
             for path in paths:
                 if matches(pattern, path):
                     key = (path, "pressure")
                     wanted[key] = min(pct, wanted.get(key, pct))
+        for pattern, spec in self.needs.trigger_watch:
+            for path in paths:
+                if matches(pattern, path):
+                    wanted[(path, spec.key)] = spec
         for pattern, percent, size in self.needs.usage_watch:
             threshold = mem_total * percent / 100 if percent is not None else float(size or 0)
             for path in paths:
@@ -111,6 +115,8 @@ class SnapshotTaker:
             vmpressure_events=counts.vmpressure_events,
             threshold_events=counts.threshold_events,
             last_event=counts.last_event,
+            triggers=dict(counts.triggers) if counts.triggers else None,
+            trigger_last=dict(counts.trigger_last) if counts.trigger_last else None,
         )
 
     def close(self) -> None:

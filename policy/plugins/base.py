@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
 from cgroupfs.stats import CgroupStats
+from cgroupfs.watch import TriggerSpec
 from policy.context import TickContext
 from policy.model import PluginSpec
 from policy.paths import join_cgroup
@@ -42,6 +43,8 @@ class Needs:
     pressure_watch: tuple[tuple[str, float], ...] = ()
     # (pattern, percent of MemTotal or None, bytes or None): wait for usage to cross this, where the kernel can say
     usage_watch: tuple[tuple[str, float | None, int | None], ...] = ()
+    # (pattern, trigger): PSI triggers exactly as asked, counted per trigger key in the snapshot
+    trigger_watch: tuple[tuple[str, TriggerSpec], ...] = ()
 
 
 @dataclass(frozen=True)
