@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: run test lint unit real clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# The example third-party plugin package: its end-to-end test needs it installed beside pyoomd.
+	$(BIN)/pip install --quiet -e examples/plugins
 	touch $(STAMP)
 
 ## Start the daemon in the foreground with the shipped policy (root: it reads and kills in real cgroups).

@@ -1,26 +1,56 @@
 """The rule engine, with oomd's semantics.
 
 - A detector group fires when every detector in it says CONTINUE (AND); a ruleset fires when any group fires.
-- Every detector of every group runs every tick, fired or not, so their held-for timers stay current.
-- Actions run in order while they say CONTINUE; STOP ends the chain; ASYNC_PAUSED waits for the actuator's
-  answer. A kill that happened (or would have, in dry-run) pauses the ruleset for `post_action_delay`.
+- Every detector of every group runs every tick, fired or not, so their sliding windows stay current.
+- Actions run in order while they say CONTINUE; STOP ends the chain; ASYNC_PAUSED runs the same action again
+  next tick (a kill action pauses so until the actuator answers). A kill that happened (or would have, in
+  dry-run) pauses the ruleset's actions for `post_action_delay`; its detectors keep running.
 - A command the actuator does not acknowledge in time is forgotten, and decided again from a later snapshot.
+- Drop-in rulesets run before their base (policy/compose.py); a per-cgroup ruleset (`cgroup`, `xattr_filter`)
+  runs once for each matching cgroup, each copy with its own state.
+- A plugin that raises is logged once, counts as STOP, and after FAILURES_BEFORE_DISABLE ticks in a row with a
+  failure its ruleset is disabled and reported; the engine (and the detector process) go on.
+- On reload, rulesets whose definition did not change keep their state (sliding windows, pauses, pending
+  commands); the history of every cgroup carries over.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from cgroupfs.stats import CgroupStats
 from ipc.messages import CommandResult, KillCommand, Snapshot
+from policy.compose import effective_rulesets
 from policy.context import History, TickContext
 from policy.model import Policy, Ruleset
+from policy.paths import matches_any
 from policy.plugins import Needs, Plugin, Ret, build_plugin
 from policy.plugins.base import RulesetOptions
 
 log = logging.getLogger("pyoomd.engine")
+plugin_log = logging.getLogger("pyoomd.plugins")
 
 ACK_GRACE = 2.0  # seconds beyond a command's own kill timeout before we stop waiting for its answer
+FAILURES_BEFORE_DISABLE = 3
+
+# Which log entities the ruleset being run silences (oomd's silence-logs); read by _SilenceFilter.
+_silenced: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("silenced", default=frozenset())
+
+
+class _SilenceFilter(logging.Filter):
+    def __init__(self, entity: str) -> None:
+        super().__init__()
+        self.entity = entity
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.entity not in _silenced.get()
+
+
+log.addFilter(_SilenceFilter("engine"))
+plugin_log.addFilter(_SilenceFilter("plugins"))
 
 
 @dataclass
@@ -32,26 +62,43 @@ class Pending:
 
 @dataclass
 class RulesetState:
+    """One running ruleset: a base ruleset, a drop-in copy, or one cgroup's copy of a per-cgroup ruleset."""
+
     spec: Ruleset
+    key: str  # the name, or "name @ /cgroup" for a per-cgroup copy
+    ruleset_cgroup: str | None
     groups: list[tuple[str, list[Plugin]]]
     actions: list[Plugin]
     paused_until: float = 0.0
     pending: Pending | None = None
     resume_at: int | None = None
     last_fired: str | None = None
+    firing: bool = False
+    failing_ticks: int = 0
+    failed_this_tick: bool = False
+    disabled: str | None = None  # why, once a plugin kept failing
+    failures_logged: set[str] = field(default_factory=set)
 
 
 @dataclass
 class TickOutcome:
     commands: list[KillCommand] = field(default_factory=list)
-    fired: list[tuple[str, str]] = field(default_factory=list)  # (ruleset, group)
+    fired: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, group)
+    disabled: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, reason), newly disabled
 
 
-def compile_ruleset(spec: Ruleset, interval: float) -> RulesetState:
-    opts = RulesetOptions(name=spec.name, post_action_delay=spec.post_action_delay, interval=interval)
+def ruleset_options(spec: Ruleset, interval: float) -> RulesetOptions:
+    return RulesetOptions(
+        name=spec.name, post_action_delay=spec.post_action_delay, interval=interval, cgroup=tuple(spec.cgroup),
+        prekill_hook_timeout=spec.prekill_hook_timeout,
+    )
+
+
+def compile_ruleset(spec: Ruleset, interval: float, key: str | None = None, cgroup: str | None = None) -> RulesetState:
+    opts = ruleset_options(spec, interval)
     groups = [(g.name, [build_plugin(d, "detector", opts) for d in g.detectors]) for g in spec.detector_groups]
     actions = [build_plugin(a, "action", opts) for a in spec.actions]
-    return RulesetState(spec=spec, groups=groups, actions=actions)
+    return RulesetState(spec=spec, key=key or spec.name, ruleset_cgroup=cgroup, groups=groups, actions=actions)
 
 
 def _merge_needs(rulesets: list[RulesetState]) -> Needs:
@@ -62,6 +109,10 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
     usage: list[tuple[str, float | None, int | None]] = []
     triggers: list = []
     for rs in rulesets:
+        # A per-cgroup ruleset's own cgroups are read too (with their xattrs, for xattr_filter).
+        patterns.extend(p for p in rs.spec.cgroup if p not in patterns)
+        if rs.spec.xattr_filter:
+            fields.add("xattrs")
         for plugin in [p for _, ps in rs.groups for p in ps] + rs.actions:
             n = plugin.needs()
             patterns.extend(p for p in n.cgroups if p not in patterns)
@@ -77,8 +128,13 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
 
 
 def policy_needs(policy: Policy) -> Needs:
-    """Everything the collector must read for this policy, merged over every plugin."""
-    return _merge_needs([compile_ruleset(r, policy.interval) for r in policy.rulesets])
+    """Everything the collector must read for this policy (drop-ins included), merged over every plugin."""
+    return _merge_needs([compile_ruleset(r, policy.interval) for r in effective_rulesets(policy)])
+
+
+def has_xattr(cg: CgroupStats, name: str) -> bool:
+    """oomd's xattr_filter: the cgroup carries an xattr of that name, in any namespace (user., trusted.)."""
+    return any(x == name or x.endswith("." + name) for x in (cg.xattrs or {}))
 
 
 class Engine:
@@ -89,85 +145,172 @@ class Engine:
         dry_run: bool,
         dry_run_source: str,
         protected: frozenset[str],
+        previous: Engine | None = None,
     ) -> None:
         self.policy = policy
         self.generation = generation
         self.dry_run = dry_run
         self.dry_run_source = dry_run_source
         self.protected = protected
-        self.rulesets = [compile_ruleset(r, policy.interval) for r in policy.rulesets]
-        self.history = History()
+        self.specs = effective_rulesets(policy)
+        self.history = previous.history if previous is not None else History()
+        carried = previous.instances if previous is not None else {}
+        self.instances: dict[str, RulesetState] = {}
+        for spec in self.specs:
+            if spec.cgroup:
+                # Per-cgroup copies are made as their cgroups appear; unchanged ones keep their state.
+                for key, old in carried.items():
+                    if old.spec == spec and old.ruleset_cgroup is not None:
+                        self.instances[key] = old
+                continue
+            old = carried.get(spec.name)
+            self.instances[spec.name] = old if old is not None and old.spec == spec else compile_ruleset(
+                spec, policy.interval)
+
+    @property
+    def rulesets(self) -> list[RulesetState]:
+        return list(self.instances.values())
+
+    def needs(self) -> Needs:
+        return _merge_needs([compile_ruleset(s, self.policy.interval) for s in self.specs])
 
     def abandon(self, command_id: str) -> None:
         """The command never left: forget it so the ruleset decides again on the next snapshot."""
-        for rs in self.rulesets:
+        for rs in self.instances.values():
             if rs.pending is not None and rs.pending.command.id == command_id:
                 rs.pending = None
+
+    # ---- one tick ----------------------------------------------------------------------------------------------
+
+    def _running(self, snapshot: Snapshot) -> Iterator[RulesetState]:
+        """The instances to run this tick, in policy order; per-cgroup copies follow their cgroups."""
+        alive: set[str] = set()
+        for spec in self.specs:
+            if not spec.cgroup:
+                alive.add(spec.name)
+                yield self.instances[spec.name]
+                continue
+            patterns = tuple(spec.cgroup)
+            for cg in snapshot.cgroups:
+                if not matches_any(patterns, cg.path):
+                    continue
+                if spec.xattr_filter and not has_xattr(cg, spec.xattr_filter):
+                    continue
+                key = f"{spec.name} @ {cg.path}"
+                alive.add(key)
+                rs = self.instances.get(key)
+                if rs is None or rs.spec != spec:
+                    rs = self.instances[key] = compile_ruleset(spec, self.policy.interval, key, cg.path)
+                yield rs
+        for key in [k for k in self.instances if k not in alive]:
+            rs = self.instances[key]
+            if rs.ruleset_cgroup is not None and rs.pending is None:
+                del self.instances[key]  # its cgroup is gone (or lost the xattr)
 
     def tick(self, snapshot: Snapshot, now: float) -> TickOutcome:
         self.history.update(snapshot)
         out = TickOutcome()
-        for rs in self.rulesets:
-            ctx = TickContext(
-                snapshot=snapshot,
-                now=now,
-                history=self.history,
-                protected=self.protected,
-                generation=self.generation,
-                dry_run=self.dry_run,
-                dry_run_source=self.dry_run_source,
-                ruleset=rs.spec.name,
-            )
-            fired = self._run_detectors(rs, ctx)
-            if fired is not None:
-                out.fired.append((rs.spec.name, fired))
-            if rs.pending is not None:
-                if now <= rs.pending.ack_deadline:
-                    continue
-                log.warning(
-                    "ruleset %r: no answer from the actuator for command %s; deciding again",
-                    rs.spec.name, rs.pending.command.id,
-                )
-                rs.pending = None
-            if now < rs.paused_until:
+        for rs in list(self._running(snapshot)):
+            if rs.disabled:
                 continue
-            if rs.resume_at is not None:
-                start, rs.resume_at = rs.resume_at, None
-                ctx.group = rs.last_fired or ""
-            elif fired is not None:
-                start = 0
-                rs.last_fired = fired
-                ctx.group = fired
-            else:
-                continue
-            self._run_actions(rs, ctx, start, now)
-            out.commands.extend(ctx.submitted)
+            token = _silenced.set(frozenset(rs.spec.silence_logs))
+            try:
+                self._tick_one(rs, snapshot, now, out)
+            finally:
+                _silenced.reset(token)
         return out
 
-    @staticmethod
-    def _run_detectors(rs: RulesetState, ctx: TickContext) -> str | None:
+    def _tick_one(self, rs: RulesetState, snapshot: Snapshot, now: float, out: TickOutcome) -> None:
+        ctx = TickContext(
+            snapshot=snapshot, now=now, history=self.history, protected=self.protected,
+            generation=self.generation, dry_run=self.dry_run, dry_run_source=self.dry_run_source,
+            ruleset=rs.key, ruleset_cgroup=rs.ruleset_cgroup,
+        )
+        failed = False
+        fired = self._run_detectors(rs, ctx)
+        if fired is None and rs.firing:
+            log.info("ruleset %r: no longer fires", rs.key)
+        rs.firing = fired is not None
+        if fired is not None:
+            out.fired.append((rs.key, fired))
+        if rs.pending is not None:
+            if now <= rs.pending.ack_deadline:
+                return self._count_failures(rs, out)
+            log.warning("ruleset %r: no answer from the actuator for command %s; deciding again",
+                        rs.key, rs.pending.command.id)
+            rs.pending = None
+        if now < rs.paused_until:
+            return self._count_failures(rs, out)
+        if rs.resume_at is not None:
+            start, rs.resume_at = rs.resume_at, None
+            ctx.group = rs.last_fired or ""
+        elif fired is not None:
+            start = 0
+            if rs.last_fired != fired or not rs.firing:
+                log.info("ruleset %r fired: detector group %r", rs.key, fired)
+            rs.last_fired = fired
+            ctx.group = fired
+        else:
+            return self._count_failures(rs, out)
+        failed = self._run_actions(rs, ctx, start)
+        out.commands.extend(ctx.submitted)
+        self._count_failures(rs, out, failed)
+
+    def _guarded(self, rs: RulesetState, plugin: Plugin, call: Callable[[], Ret]) -> Ret | None:
+        """Run one plugin call; a plugin that raises is logged once and gives None (treated as STOP)."""
+        try:
+            return call()
+        except Exception as e:
+            rs.failed_this_tick = True
+            what = f"{plugin.name}:{type(e).__name__}"
+            if what not in rs.failures_logged:
+                rs.failures_logged.add(what)
+                log.error("ruleset %r: plugin %s raised %s: %s", rs.key, plugin.name, type(e).__name__, e,
+                          exc_info=True)
+            return None
+
+    def _run_detectors(self, rs: RulesetState, ctx: TickContext) -> str | None:
         fired: str | None = None
+        rs.failed_this_tick = False
         for name, detectors in rs.groups:
-            results = [d.run(ctx) for d in detectors]  # no short-circuit: every detector sees every tick
-            if fired is None and results and all(r is Ret.CONTINUE for r in results):
+            # No short-circuit: every detector sees every tick. ASYNC_PAUSED from a detector counts as CONTINUE.
+            results = [self._guarded(rs, d, lambda d=d: d.run(ctx)) for d in detectors]
+            if fired is None and results and all(r in (Ret.CONTINUE, Ret.ASYNC_PAUSED) for r in results):
                 fired = name
         return fired
 
-    @staticmethod
-    def _run_actions(rs: RulesetState, ctx: TickContext, start: int, now: float) -> None:
+    def _run_actions(self, rs: RulesetState, ctx: TickContext, start: int) -> bool:
         for index in range(start, len(rs.actions)):
             before = len(ctx.submitted)
-            ret = rs.actions[index].run(ctx)
+            ret = self._guarded(rs, rs.actions[index], lambda i=index: rs.actions[i].run(ctx))
             if ret is Ret.CONTINUE:
                 continue
-            if ret is Ret.ASYNC_PAUSED and len(ctx.submitted) > before:
-                cmd = ctx.submitted[-1]
-                rs.pending = Pending(cmd, index, cmd.not_after + cmd.kill_timeout + ACK_GRACE)
+            if ret is Ret.ASYNC_PAUSED:
+                if len(ctx.submitted) > before:
+                    cmd = ctx.submitted[-1]
+                    rs.pending = Pending(cmd, index, cmd.not_after + cmd.kill_timeout + ACK_GRACE)
+                else:
+                    rs.resume_at = index  # not done yet: run it again next tick
+            elif ret is Ret.STOP:
+                # oomd: any action that ends the chain pauses the ruleset's actions; a kill action's own
+                # post_action_delay overrides the ruleset's.
+                rs.paused_until = ctx.now + getattr(rs.actions[index], "post_action_delay", rs.spec.post_action_delay)
             break
+        return rs.failed_this_tick
+
+    def _count_failures(self, rs: RulesetState, out: TickOutcome, failed: bool | None = None) -> None:
+        if failed is None:
+            failed = rs.failed_this_tick
+        rs.failing_ticks = rs.failing_ticks + 1 if failed else 0
+        if rs.failing_ticks >= FAILURES_BEFORE_DISABLE:
+            culprits = ", ".join(sorted(rs.failures_logged))
+            rs.disabled = f"a plugin raised in {rs.failing_ticks} ticks in a row ({culprits})"
+            log.error("ruleset %r disabled: %s; the other rulesets go on", rs.key, rs.disabled)
+            out.disabled.append((rs.key, rs.disabled))
 
     def on_result(self, result: CommandResult, now: float) -> bool:
         """Apply the actuator's answer; False when no ruleset waits for it (late or unknown)."""
-        for rs in self.rulesets:
+        for rs in self.instances.values():
             if rs.pending is None or rs.pending.command.id != result.id:
                 continue
             index = rs.pending.action_index
@@ -179,3 +322,7 @@ class Engine:
                 rs.resume_at = index + 1
             return True
         return False
+
+    def status(self) -> list[tuple[str, bool, float, str | None]]:
+        """(ruleset, enabled, paused until (monotonic), last fired group) for each running ruleset."""
+        return [(rs.key, rs.disabled is None, rs.paused_until, rs.last_fired) for rs in self.instances.values()]

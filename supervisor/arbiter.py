@@ -51,6 +51,26 @@ class Options:
     worker_pythonpath: str | None = None  # development: run workers from another source tree
 
 
+def describe_changes(old: Policy, new: Policy) -> str:
+    """What a reload changed, in one line: rulesets added, removed, modified, and other settings."""
+    before = {r.name: r for r in old.rulesets}
+    after = {r.name: r for r in new.rulesets}
+    parts = []
+    for label, names in (
+        ("added", [n for n in after if n not in before]),
+        ("removed", [n for n in before if n not in after]),
+        ("modified", [n for n in after if n in before and after[n] != before[n]]),
+    ):
+        if names:
+            parts.append(f"{label} " + ", ".join(repr(n) for n in names))
+    for setting in ("interval", "dry_run"):
+        if getattr(old, setting) != getattr(new, setting):
+            parts.append(f"{setting} {getattr(old, setting)} -> {getattr(new, setting)}")
+    if [d.source for d in old.drop_ins] != [d.source for d in new.drop_ins] or old.drop_ins != new.drop_ins:
+        parts.append(f"drop-ins: {', '.join(d.source for d in new.drop_ins) or 'none'}")
+    return "; ".join(parts) or "no change"
+
+
 class Fatal(Exception):
     """The daemon cannot go on; the message tells the operator why."""
 
@@ -135,9 +155,10 @@ class Arbiter:
             for err in e.errors:
                 log.error("reload failed, keeping policy generation %d: %s", self.generation, err)
             return [str(err) for err in e.errors]
-        self.policy = self._with_overrides(policy)
+        old, self.policy = self.policy, self._with_overrides(policy)
         self.generation += 1
-        log.info("policy %s loaded as generation %d", self.options.config, self.generation)
+        log.info("policy %s loaded as generation %d: %s", self.options.config, self.generation,
+                 describe_changes(old, self.policy))
         self.distribute()
         return []
 

@@ -33,14 +33,15 @@ class Detector(Worker):
         return super().dropped_frames() + self.snapshot_channel.dropped + self.command_channel.dropped
 
     def apply_policy(self, update: PolicyUpdate) -> None:
-        # A new generation starts from a clean slate, as an oomd restart would: commands still out are
-        # refused by the actuator (wrong generation) and their answers ignored here.
+        # Rulesets the new policy leaves unchanged keep their state (sliding windows, pauses, commands out);
+        # the rest start afresh.
         self.engine = Engine(
             update.policy,
             generation=update.generation,
             dry_run=update.dry_run,
             dry_run_source=update.dry_run_source,
             protected=frozenset(update.protected_paths),
+            previous=self.engine,
         )
 
     def _on_snapshot(self) -> None:

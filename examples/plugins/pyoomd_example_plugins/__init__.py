@@ -1,0 +1,1 @@
+"""Example third-party plugins for pyoomd; installed, they register through the pyoomd.detectors entry point."""
