@@ -120,9 +120,16 @@ def v2_tree(read: Read, d: Path) -> dict[str, Any]:
     return {"nr_dying_descendants": parse_flat_keyed(stat).get("nr_dying_descendants")}
 
 
-def root_from_meminfo(info: dict[str, int], fields: frozenset[str]) -> dict[str, Any]:
-    """The cgroup2 root has no memory files: /proc/meminfo speaks for it (oomd: MemTotal - MemFree)."""
+def root_from_meminfo(
+    info: dict[str, int], fields: frozenset[str], vmstat: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """The cgroup2 root has no memory files: /proc/meminfo speaks for it (oomd: MemTotal - MemFree), and
+    /proc/vmstat for its reclaim counters."""
     out: dict[str, Any] = {}
+    if "reclaim" in fields and vmstat is not None:
+        scans = [v for k, v in vmstat.items() if k.startswith("pgscan_")]  # kswapd, direct, khugepaged
+        out.update(pgscan=sum(scans) if scans else None, workingset_refault=_refaults(vmstat),
+                   pgmajfault=vmstat.get("pgmajfault"))
     if "memory" in fields:
         out.update(
             usage=info.get("MemTotal", 0) - info.get("MemFree", 0),

@@ -26,6 +26,7 @@ from cgroupfs.figures import (
 from cgroupfs.keptfiles import KeptFiles
 from cgroupfs.layout import Hierarchy, Layout
 from cgroupfs.parse import (
+    parse_flat_keyed,
     parse_meminfo,
     parse_pids,
     parse_pressure,
@@ -295,8 +296,11 @@ class CgroupFS:
             figures: dict = {}
             if fields & {"memory", "swap", "reclaim", "oom"}:
                 figures.update(self._memory_figures(hier, d, path, members, fields))
-            if "tree" in fields and hier.version == 2:
-                figures.update(v2_tree(self._read, d))
+            if "tree" in fields:
+                # Dying descendants are a cgroup2 fact; a hybrid host has them in the verified twin.
+                tree_dir = d if hier.version == 2 else self.twin(path, "unified")
+                if tree_dir is not None:
+                    figures.update(v2_tree(self._read, tree_dir))
             if "pressure" in fields:
                 figures["pressure"] = self._pressure(hier, path, members, host)
             if "io" in fields:
@@ -323,7 +327,11 @@ class CgroupFS:
         if hier.version == 2 and (d / "memory.current").exists():
             return v2_memory(self._read, d, fields)
         if path == "/" and hier.version == 2:
-            return root_from_meminfo(parse_meminfo(self._read(self.proc / "meminfo")), fields)
+            vmstat = None
+            if "reclaim" in fields:
+                with contextlib.suppress(FileNotFoundError):
+                    vmstat = parse_flat_keyed(self._read(self.proc / "vmstat"))
+            return root_from_meminfo(parse_meminfo(self._read(self.proc / "meminfo")), fields, vmstat)
         # No memory cgroup of its own (a cgroup2 directory on a hybrid host): the members' resident memory
         # stands in, marked as an estimate.
         if "memory" in fields:
