@@ -1,22 +1,42 @@
-"""Loading a YAML policy, with every error pointing at its file, line and column.
+"""Loading a policy or a drop-in, in pyoomd's YAML or oomd's JSON, with every error at its file, line and column.
 
-The whole file is checked before anything is returned: either a valid `Policy`, or `PolicyInvalid` with every
-error found. A policy that fails to load changes nothing.
+The whole file is checked before anything is returned: either a valid `Policy` (or `DropIn`), or `PolicyInvalid`
+with every error found. A policy that fails to load changes nothing.
+
+Both formats are read by ruamel.yaml (JSON is YAML, once oomd's comments are blanked out; see policy/oomd_json.py),
+so both arrive as the same position-carrying trees. A `Dialect` says how a format spells keys, detector groups
+and plugins; everything else (the checks, the messages, the structs) is shared, so a policy means the same
+whichever format it is written in.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
-from policy.model import DetectorGroup, PluginSpec, Policy, Ruleset
+from policy.model import (
+    ArgValue,
+    DetectorGroup,
+    DropIn,
+    DropInOptions,
+    DropInRuleset,
+    LogEntity,
+    PluginSpec,
+    Policy,
+    Ruleset,
+)
+from policy.paths import parse_cgroup_list
 from policy.plugins import ArgError, build_plugin
-from policy.plugins.base import RulesetOptions
+from policy.plugins.base import PluginKind, RulesetOptions
+from policy.plugins.registry import lookup
 from policy.units import parse_duration
 
 
@@ -32,59 +52,138 @@ class PolicyError(msgspec.Struct, frozen=True):
 
 class PolicyInvalid(Exception):
     def __init__(self, errors: list[PolicyError]) -> None:
+        # In file order, as an editor walks them; the checks find them in the order they run.
+        errors = sorted(errors, key=lambda e: (e.file, e.line, e.col))
         super().__init__("\n".join(str(e) for e in errors))
         self.errors = errors
 
 
-TOP_KEYS = ("interval", "dry_run", "rulesets")
-RULESET_KEYS = ("name", "detectors", "actions", "post_action_delay")
-GROUP_KEYS = ("name", "all")
+Pos = tuple[int, int]  # 0-based (line, column), as ruamel.yaml records them
+# Where the parts of a loaded policy were written (1-based line, column), for tools that report on a valid
+# policy (`pyoomd check --host`). Keys: ("ruleset", r), ("ruleset_cgroup", r), ("detector", r, group, i),
+# ("action", r, i), and a plugin's key + (argument name,) for the value of that argument.
+Spots = dict[tuple[Any, ...], tuple[int, int]]
+
+POLICY_VERSION = 1  # the policy language this pyoomd reads; `version` in a file says which one it speaks
+DEFAULT_POST_ACTION_DELAY = 15.0
+LOG_ENTITIES: tuple[LogEntity, ...] = ("engine", "plugins")
+GLOB_ARG_KINDS = ("globs", "cgroups")  # declared argument kinds that take a list of patterns
+
+Keys = Mapping[str, tuple[str, ...]]  # canonical key -> the spellings a format accepts (the preferred first)
 
 
-class _Checker:
-    def __init__(self, source: str) -> None:
+def _same(*names: str) -> dict[str, tuple[str, ...]]:
+    return {n: (n,) for n in names}
+
+
+TOP_KEYS = _same("version", "interval", "dry_run", "rulesets")
+RULESET_KEYS = _same(
+    "name", "detectors", "actions", "post_action_delay", "prekill_hook_timeout", "silence_logs", "drop_in",
+    "cgroup", "xattr_filter",
+)
+GROUP_KEYS = _same("name", "all")
+DROP_IN_KEYS = _same("detectors", "actions", "disable_on_drop_in")
+# A drop-in replaces a base ruleset's detector groups or actions, nothing else: the rest of its ruleset
+# (and the policy-wide settings) belong to the base policy.
+DROP_IN_FILE_KEYS = ("version", "rulesets")
+DROP_IN_RULESET_KEYS = ("name", "detectors", "actions")
+_NOT_IN_DROP_IN = "cannot be set by a drop-in: it replaces only a base ruleset's detectors and actions"
+
+
+# ---- the checker ---------------------------------------------------------------------------------------------
+
+
+class Fields:
+    """A checked mapping, its keys looked up by canonical name whichever accepted spelling the file used."""
+
+    def __init__(self, node: CommentedMap, keys: dict[str, Any]) -> None:
+        self.node = node
+        self._keys = keys  # canonical -> the key as written
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._keys
+
+    def key(self, name: str) -> str:
+        return str(self._keys[name])
+
+    def value(self, name: str) -> Any:
+        return self.node[self._keys[name]]
+
+    def key_pos(self, name: str) -> Pos:
+        return tuple(self.node.lc.key(self._keys[name]))  # type: ignore[return-value]
+
+    def value_pos(self, name: str) -> Pos:
+        return tuple(self.node.lc.value(self._keys[name]))  # type: ignore[return-value]
+
+
+class Checker:
+    def __init__(self, source: str, mapping_word: str = "a mapping", list_word: str = "a list",
+                 spots: Spots | None = None) -> None:
         self.source = source
         self.errors: list[PolicyError] = []
+        self.mapping_word = mapping_word  # oomd's JSON says "an object" and "an array"
+        self.list_word = list_word
+        self.spots = spots
 
-    def error(self, pos: tuple[int, int], message: str) -> None:
+    def error(self, pos: Pos, message: str) -> None:
         self.errors.append(PolicyError(self.source, pos[0] + 1, pos[1] + 1, message))
 
-    @staticmethod
-    def key_pos(m: CommentedMap, key: str) -> tuple[int, int]:
-        return tuple(m.lc.key(key))  # type: ignore[return-value]
+    def spot(self, key: tuple[Any, ...], pos: Pos) -> None:
+        if self.spots is not None:
+            self.spots[key] = (pos[0] + 1, pos[1] + 1)
 
     @staticmethod
-    def value_pos(m: CommentedMap, key: str) -> tuple[int, int]:
-        return tuple(m.lc.value(key))  # type: ignore[return-value]
-
-    @staticmethod
-    def node_pos(node: Any, fallback: tuple[int, int]) -> tuple[int, int]:
+    def node_pos(node: Any, fallback: Pos) -> Pos:
         lc = getattr(node, "lc", None)
         return (lc.line, lc.col) if lc is not None else fallback
 
-    def mapping(self, node: Any, where: str, pos: tuple[int, int], allowed: tuple[str, ...]) -> CommentedMap | None:
+    def item_pos(self, seq: CommentedSeq, i: int) -> Pos:
+        return self.node_pos(seq[i], tuple(seq.lc.item(i)))  # type: ignore[arg-type]
+
+    def fields(
+        self, node: Any, where: str, pos: Pos, keys: Keys, misplaced: Mapping[str, str] | None = None
+    ) -> Fields | None:
+        """`node` as a mapping of the allowed keys; unknown keys get the nearest valid one as a hint, keys that
+        belong elsewhere say where (`misplaced`: spelling -> why not here)."""
         if not isinstance(node, CommentedMap):
-            self.error(pos, f"{where} must be a mapping")
+            self.error(pos, f"{where} must be {self.mapping_word}")
             return None
+        spelling = {s: canon for canon, spellings in keys.items() for s in spellings}
+        found: dict[str, Any] = {}
         for key in node:
-            if key not in allowed:
-                self.error(self.key_pos(node, key), f"unknown key '{key}' in {where} (allowed: {', '.join(allowed)})")
-        return node
+            kpos: Pos = tuple(node.lc.key(key))  # type: ignore[assignment]
+            canon = spelling.get(key) if isinstance(key, str) else None
+            if canon is None:
+                if misplaced and key in misplaced:
+                    self.error(kpos, f"'{key}' {misplaced[key]}")
+                    continue
+                close = difflib.get_close_matches(str(key), list(spelling), n=1)
+                preferred = [s[0] for s in keys.values()]
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(preferred)}"
+                self.error(kpos, f"unknown key '{key}' in {where} ({hint})")
+            elif canon in found:
+                self.error(kpos, f"'{key}' and '{found[canon]}' are the same key: give it once")
+            else:
+                found[canon] = key
+        return Fields(node, found)
 
-    def sequence(self, node: Any, where: str, pos: tuple[int, int]) -> CommentedSeq | None:
+    def sequence(self, node: Any, where: str, pos: Pos) -> CommentedSeq | None:
         if not isinstance(node, CommentedSeq):
-            self.error(pos, f"{where} must be a list")
+            self.error(pos, f"{where} must be {self.list_word}")
             return None
         return node
 
-    def scalar(self, m: CommentedMap, key: str, parse: Any, default: Any) -> Any:
-        if key not in m:
+    def get(self, f: Fields, name: str, parse: Any, default: Any) -> Any:
+        if name not in f:
             return default
         try:
-            return parse(m[key])
+            return parse(f.value(name))
         except (ValueError, TypeError) as e:
-            self.error(self.value_pos(m, key), f"'{key}': {e}")
+            self.error(f.value_pos(name), f"'{f.key(name)}': {e}")
             return default
+
+
+# ---- values ----------------------------------------------------------------------------------------------------
 
 
 def _positive_duration(value: Any) -> float:
@@ -100,125 +199,377 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _name(value: Any) -> str:
+def parse_name(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a non-empty string")
-    return value
+    return str(value)  # a plain str, not ruamel's quoted-string subclass
 
 
-def load_policy_text(text: str, source: str) -> Policy:
-    try:
-        doc = YAML(typ="rt").load(text)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line, mark.column) if mark else (0, 0)
-        problem = e.problem or e.context or "invalid YAML"
-        raise PolicyInvalid([PolicyError(source, line + 1, col + 1, f"YAML: {problem}")]) from None
-    c = _Checker(source)
-    top = c.mapping(doc, "the policy", (0, 0), TOP_KEYS)
-    if top is None:
-        raise PolicyInvalid(c.errors)
-    interval = c.scalar(top, "interval", _positive_duration, 1.0)
-    dry_run = c.scalar(top, "dry_run", _boolean, False)
-    rulesets: list[Ruleset] = []
-    if "rulesets" not in top:
-        c.error((0, 0), "missing 'rulesets': a policy needs at least one ruleset")
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
+
+
+def _log_entities(value: Any) -> list[LogEntity]:
+    """oomd's "engine,plugins" string, or a YAML list of the same names."""
+    if isinstance(value, str):
+        names = [p.strip() for p in value.split(",") if p.strip()]
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        names = [str(v).strip() for v in value]
     else:
-        seq = c.sequence(top["rulesets"], "'rulesets'", c.value_pos(top, "rulesets"))
-        if seq is not None and not seq:
-            c.error(c.value_pos(top, "rulesets"), "'rulesets' is empty: a policy needs at least one ruleset")
-        names: set[str] = set()
-        for i, node in enumerate(seq or []):
-            rs = _ruleset(c, node, c.node_pos(node, tuple(seq.lc.item(i))), interval)
-            if rs is None:
-                continue
-            if rs.name in names:
-                c.error(c.value_pos(node, "name"), f"duplicate ruleset name '{rs.name}'")
-            names.add(rs.name)
-            rulesets.append(rs)
-    if c.errors:
-        raise PolicyInvalid(c.errors)
-    return Policy(rulesets=rulesets, interval=interval, dry_run=dry_run, source=source)
-
-
-def _ruleset(c: _Checker, node: Any, pos: tuple[int, int], interval: float) -> Ruleset | None:
-    m = c.mapping(node, "a ruleset", pos, RULESET_KEYS)
-    if m is None:
-        return None
-    errors_before = len(c.errors)
-    for required in ("name", "detectors", "actions"):
-        if required not in m:
-            c.error(pos, f"ruleset is missing '{required}'")
-    name = c.scalar(m, "name", _name, "")
-    delay = c.scalar(m, "post_action_delay", parse_duration, 15.0)
-    opts = RulesetOptions(name=name, post_action_delay=delay, interval=interval)
-    groups: list[DetectorGroup] = []
-    if "detectors" in m:
-        seq = c.sequence(m["detectors"], "'detectors'", c.value_pos(m, "detectors"))
-        if seq is not None and not seq:
-            c.error(c.value_pos(m, "detectors"), "'detectors' is empty: the ruleset could never fire")
-        for i, g in enumerate(seq or []):
-            gpos = c.node_pos(g, tuple(seq.lc.item(i)))
-            gm = c.mapping(g, "a detector group", gpos, GROUP_KEYS)
-            if gm is None:
-                continue
-            if "name" not in gm or "all" not in gm:
-                c.error(gpos, "a detector group needs 'name' and 'all' (a list of detectors)")
-                continue
-            gname = c.scalar(gm, "name", _name, "")
-            plugins = _plugins(c, gm, "all", "detector", opts)
-            groups.append(DetectorGroup(name=gname, detectors=plugins))
-    actions = _plugins(c, m, "actions", "action", opts) if "actions" in m else []
-    if len(c.errors) > errors_before:
-        return None
-    return Ruleset(name=name, detector_groups=groups, actions=actions, post_action_delay=delay)
-
-
-def _plugins(c: _Checker, parent: CommentedMap, key: str, kind: str, opts: RulesetOptions) -> list[PluginSpec]:
-    seq = c.sequence(parent[key], f"'{key}'", c.value_pos(parent, key))
-    if seq is not None and not seq:
-        c.error(c.value_pos(parent, key), f"'{key}' is empty")
-    out: list[PluginSpec] = []
-    for i, node in enumerate(seq or []):
-        pos = c.node_pos(node, tuple(seq.lc.item(i)))
-        if not isinstance(node, CommentedMap) or len(node) != 1:
-            c.error(pos, f"each {kind} is a mapping with one key, the plugin name: '- pressure_above: {{...}}'")
-            continue
-        (pname,) = node.keys()
-        raw_args = node[pname]
-        args_pos = c.value_pos(node, pname)
-        if raw_args is None:
-            raw_args = CommentedMap()
-        if not isinstance(raw_args, CommentedMap):
-            c.error(args_pos, f"the arguments of '{pname}' must be a mapping")
-            continue
-        args: dict[str, Any] = {}
-        bad = False
-        for arg, value in raw_args.items():
-            if not isinstance(value, str | int | float | bool):
-                c.error(c.value_pos(raw_args, arg), f"argument '{arg}' of '{pname}' must be a scalar")
-                bad = True
-            args[str(arg)] = value
-        if bad:
-            continue
-        spec = PluginSpec(name=str(pname), args=args)
-        try:
-            build_plugin(spec, kind, opts)  # type: ignore[arg-type]
-        except ArgError as e:
-            if e.arg is not None and e.arg in raw_args:
-                where = c.value_pos(raw_args, e.arg) if e.at_value else c.key_pos(raw_args, e.arg)
-            else:
-                where = c.key_pos(node, pname)
-            c.error(where, f"{pname}: {e}")
-            continue
-        out.append(spec)
+        raise ValueError(f"expected a list of {', '.join(LOG_ENTITIES)} (or a comma-separated string)")
+    out: list[LogEntity] = []
+    for name in names:
+        if name not in LOG_ENTITIES:
+            close = difflib.get_close_matches(name, LOG_ENTITIES, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"use {', '.join(LOG_ENTITIES)}"
+            raise ValueError(f"unknown log entity '{name}' ({hint})")
+        if name not in out:
+            out.append(name)  # type: ignore[arg-type]
     return out
 
 
-def load_policy(path: str | Path) -> Policy:
-    p = Path(path)
+def _cgroup_patterns(value: Any) -> list[str]:
+    """Comma-separated patterns (or a YAML list), normalised as plugins' cgroup arguments are."""
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise ValueError("expected cgroup paths")
+        value = ",".join(str(v) for v in value)
+    return list(parse_cgroup_list(value))
+
+
+def _plain(value: Any) -> ArgValue:
+    """ruamel's scalar subclasses (quoted strings, ScalarFloat) as the plain types the wire carries."""
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return str(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+# ---- the shared structure ------------------------------------------------------------------------------------
+
+
+class RawPlugin(NamedTuple):
+    """A plugin entry as a format wrote it: its name, and its arguments as a mapping with positions."""
+
+    name: str
+    name_pos: Pos
+    args: CommentedMap | None
+
+
+class Dialect:
+    """How a format spells a policy. Subclasses give the key spellings, detector groups and plugin entries."""
+
+    ruleset_keys: Keys = RULESET_KEYS
+    drop_in_keys: Keys = DROP_IN_KEYS
+
+    def groups(self, c: Checker, f: Fields, opts: RulesetOptions, at: tuple[Any, ...],
+               no_cgroup: bool) -> list[DetectorGroup]:
+        raise NotImplementedError
+
+    def plugin(self, c: Checker, node: Any, pos: Pos, kind: PluginKind) -> RawPlugin | None:
+        raise NotImplementedError
+
+
+def check_rulesets(c: Checker, f: Fields, d: Dialect, interval: float, drop_in: bool) -> list[Any]:
+    """The rulesets of a policy (`Ruleset`) or of a drop-in (`DropInRuleset`); errors go to `c`."""
+    out: list[Any] = []
+    if "rulesets" not in f:
+        c.error((0, 0), "missing 'rulesets': a policy needs at least one ruleset")
+        return out
+    seq = c.sequence(f.value("rulesets"), "'rulesets'", f.value_pos("rulesets"))
+    if seq is not None and not seq:
+        c.error(f.value_pos("rulesets"), "'rulesets' is empty: a policy needs at least one ruleset")
+    names: set[str] = set()
+    for i, node in enumerate(seq or []):
+        rs = _ruleset(c, node, c.item_pos(seq, i), d, interval, i, drop_in)  # type: ignore[arg-type]
+        if rs is None:
+            continue
+        if rs.name in names:
+            c.error(tuple(node.lc.value("name")), f"duplicate ruleset name '{rs.name}'")  # type: ignore[arg-type]
+        names.add(rs.name)
+        out.append(rs)
+    return out
+
+
+def _ruleset(c: Checker, node: Any, pos: Pos, d: Dialect, interval: float, index: int,
+             drop_in: bool) -> Ruleset | DropInRuleset | None:
+    keys = {k: v for k, v in d.ruleset_keys.items() if not drop_in or k in DROP_IN_RULESET_KEYS}
+    misplaced = {s: _NOT_IN_DROP_IN for k, v in d.ruleset_keys.items() if k not in keys for s in v}
+    f = c.fields(node, "a ruleset", pos, keys, misplaced)
+    if f is None:
+        return None
+    errors_before = len(c.errors)
+    for required in ("name",) if drop_in else ("name", "detectors", "actions"):
+        if required not in f:
+            c.error(pos, f"ruleset is missing '{d.ruleset_keys[required][0]}'")
+    name = c.get(f, "name", parse_name, "")
+    delay = c.get(f, "post_action_delay", parse_duration, DEFAULT_POST_ACTION_DELAY)
+    timeout = c.get(f, "prekill_hook_timeout", _positive_duration, None)
+    silence = c.get(f, "silence_logs", _log_entities, [])
+    options = _drop_in_options(c, f, d) if "drop_in" in f else DropInOptions()
+    cgroups: list[str] = c.get(f, "cgroup", _cgroup_patterns, [])
+    xattr = c.get(f, "xattr_filter", _string, "")
+    if "xattr_filter" in f and "cgroup" not in f:
+        # oomd filters the ruleset's cgroup matches by the xattr; without 'cgroup' there is nothing to filter.
+        c.error(f.key_pos("xattr_filter"), f"'{f.key('xattr_filter')}' filters the matches of the ruleset's "
+                f"'cgroup': give 'cgroup' too")
+    c.spot(("ruleset", index), pos)
+    if "cgroup" in f:
+        c.spot(("ruleset_cgroup", index), f.value_pos("cgroup"))
+    opts = RulesetOptions(name=name, post_action_delay=delay, interval=interval, cgroup=tuple(cgroups),
+                          prekill_hook_timeout=timeout)
+    # `ruleset_cgroup` watches nothing in a ruleset without `cgroup`. A drop-in's plugins run with the base
+    # ruleset's cgroup, which this file cannot know; an invalid `cgroup` has had its error already.
+    no_cgroup = not drop_in and "cgroup" not in f
+    groups = d.groups(c, f, opts, ("detector", index), no_cgroup) if "detectors" in f else None
+    actions = None
+    if "actions" in f:
+        seq = c.sequence(f.value("actions"), f"'{f.key('actions')}'", f.value_pos("actions"))
+        if seq is not None and not seq:
+            c.error(f.value_pos("actions"), f"'{f.key('actions')}' is empty")
+        items = [(node, c.item_pos(seq, i)) for i, node in enumerate(seq or [])]  # type: ignore[arg-type]
+        actions = check_plugins(c, d, items, "action", opts, ("action", index), no_cgroup)
+    if len(c.errors) > errors_before:
+        return None
+    if drop_in:
+        return DropInRuleset(name=name, detector_groups=groups, actions=actions)
+    return Ruleset(
+        name=name, detector_groups=groups or [], actions=actions or [], post_action_delay=delay,
+        prekill_hook_timeout=timeout, silence_logs=silence, drop_in=options, cgroup=cgroups, xattr_filter=xattr,
+    )
+
+
+def _drop_in_options(c: Checker, f: Fields, d: Dialect) -> DropInOptions:
+    m = c.fields(f.value("drop_in"), f"'{f.key('drop_in')}'", f.value_pos("drop_in"), d.drop_in_keys)
+    if m is None:
+        return DropInOptions()
+    return DropInOptions(
+        detectors=c.get(m, "detectors", _boolean, False),
+        actions=c.get(m, "actions", _boolean, False),
+        disable_on_drop_in=c.get(m, "disable_on_drop_in", _boolean, False),
+    )
+
+
+def check_plugins(c: Checker, d: Dialect, items: list[tuple[Any, Pos]], kind: PluginKind, opts: RulesetOptions,
+                  at: tuple[Any, ...], no_cgroup: bool) -> list[PluginSpec]:
+    """Each entry's plugin, validated by its declarations; `at` + (index,) keys its spots."""
+    out: list[PluginSpec] = []
+    for i, (node, pos) in enumerate(items):
+        raw = d.plugin(c, node, pos, kind)
+        if raw is not None:
+            spec = _plugin(c, raw, kind, opts, (*at, i), no_cgroup)
+            if spec is not None:
+                out.append(spec)
+    return out
+
+
+def _declared_kinds(name: str, kind: PluginKind) -> dict[str, str]:
+    """A known plugin's argument kinds by name; {} for an unknown plugin (build_plugin reports that)."""
     try:
-        text = p.read_text()
-    except OSError as e:
-        raise PolicyInvalid([PolicyError(str(p), 1, 1, f"cannot read the policy: {e.strerror}")]) from None
-    return load_policy_text(text, str(p))
+        return {a.name: a.kind for a in lookup(name, kind).args}
+    except ArgError:
+        return {}
+
+
+def _plugin(c: Checker, raw: RawPlugin, kind: PluginKind, opts: RulesetOptions, at: tuple[Any, ...],
+            no_cgroup: bool) -> PluginSpec | None:
+    args: dict[str, ArgValue] = {}
+    raw_args = raw.args if raw.args is not None else CommentedMap()
+    declared = _declared_kinds(raw.name, kind)
+    bad = False
+    for arg, value in raw_args.items():
+        vpos: Pos = tuple(raw_args.lc.value(arg))  # type: ignore[assignment]
+        name = str(arg)
+        if isinstance(value, list):
+            # A list of patterns is written as one comma-separated string, so the wire stays scalars and the
+            # argument means what oomd's "a,b" means.
+            if name in declared and declared[name] not in GLOB_ARG_KINDS:
+                c.error(vpos, f"{raw.name}: argument '{name}' takes one value, not a list")
+                bad = True
+            elif not value or not all(isinstance(v, str) for v in value):
+                c.error(vpos, f"{raw.name}: argument '{name}' must be a list of cgroup patterns")
+                bad = True
+            else:
+                args[name] = ",".join(str(v) for v in value)
+        elif _is_scalar(value):
+            args[name] = _plain(value)
+        else:
+            c.error(vpos, f"argument '{name}' of '{raw.name}' must be a scalar")
+            bad = True
+        c.spot((*at, name), vpos)
+    c.spot(at, raw.name_pos)
+    if bad:
+        return None
+    spec = PluginSpec(name=raw.name, args=args)
+    try:
+        plugin = build_plugin(spec, kind, opts)
+    except ArgError as e:
+        if e.arg is not None and e.arg in raw_args:
+            where = tuple(raw_args.lc.value(e.arg) if e.at_value else raw_args.lc.key(e.arg))
+        else:
+            where = raw.name_pos
+        c.error(where, f"{raw.name}: {e}")  # type: ignore[arg-type]
+        return None
+    if no_cgroup and getattr(plugin, "ruleset_cgroup", ()):
+        c.error(tuple(raw_args.lc.key("ruleset_cgroup")),  # type: ignore[arg-type]
+                f"{raw.name}: 'ruleset_cgroup' is relative to the ruleset's 'cgroup', which this ruleset does not set")
+        return None
+    return spec
+
+
+# ---- pyoomd's YAML ---------------------------------------------------------------------------------------------
+
+
+class YamlDialect(Dialect):
+    def groups(self, c: Checker, f: Fields, opts: RulesetOptions, at: tuple[Any, ...],
+               no_cgroup: bool) -> list[DetectorGroup]:
+        seq = c.sequence(f.value("detectors"), "'detectors'", f.value_pos("detectors"))
+        if seq is not None and not seq:
+            c.error(f.value_pos("detectors"), "'detectors' is empty: the ruleset could never fire")
+        groups: list[DetectorGroup] = []
+        for gi, node in enumerate(seq or []):
+            gpos = c.item_pos(seq, gi)  # type: ignore[arg-type]
+            g = c.fields(node, "a detector group", gpos, GROUP_KEYS)
+            if g is None:
+                continue
+            missing = [k for k in GROUP_KEYS if k not in g]
+            if missing:
+                c.error(gpos, f"a detector group needs {' and '.join(repr(k) for k in missing)} "
+                        "(a group is {name: ..., all: [DETECTOR, ...]})")
+                continue
+            gname = c.get(g, "name", parse_name, "")
+            plugins = c.sequence(g.value("all"), "'all'", g.value_pos("all"))
+            if plugins is not None and not plugins:
+                c.error(g.value_pos("all"), "'all' is empty")
+            items = [(p, c.item_pos(plugins, i)) for i, p in enumerate(plugins or [])]  # type: ignore[arg-type]
+            groups.append(DetectorGroup(name=gname, detectors=check_plugins(
+                c, self, items, "detector", opts, (*at, gi), no_cgroup)))
+        return groups
+
+    def plugin(self, c: Checker, node: Any, pos: Pos, kind: PluginKind) -> RawPlugin | None:
+        if not isinstance(node, CommentedMap) or len(node) != 1:
+            c.error(pos, f"each {kind} is a mapping with one key, the plugin name: '- pressure_above: {{...}}'")
+            return None
+        (name,) = node.keys()
+        args = node[name]
+        if args is not None and not isinstance(args, CommentedMap):
+            c.error(tuple(node.lc.value(name)), f"the arguments of '{name}' must be a mapping")  # type: ignore[arg-type]
+            return None
+        return RawPlugin(str(name), tuple(node.lc.key(name)), args)  # type: ignore[arg-type]
+
+
+YAML_DIALECT = YamlDialect()
+
+
+def parse_tree(text: str, source: str, label: str = "YAML", preserve_quotes: bool = False) -> Any:
+    """The round-trip tree (positions kept), or PolicyInvalid with the parser's position."""
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = preserve_quotes  # oomd_json checks that strings were written in double quotes
+    try:
+        return yaml.load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line, mark.column) if mark else (0, 0)
+        problem = e.problem or e.context or "invalid syntax"
+        raise PolicyInvalid([PolicyError(source, line + 1, col + 1, f"{label}: {problem}")]) from None
+    except ReaderError as e:
+        # Bad characters: the reader gives an offset into the text, not a line and column.
+        line, col = offset_pos(text, e.position)
+        char = f"#x{e.character:04x}" if isinstance(e.character, int) else repr(e.character)
+        raise PolicyInvalid([PolicyError(source, line + 1, col + 1, f"{e.reason} ({char})")]) from None
+
+
+def offset_pos(text: str, offset: int) -> Pos:
+    line = text.count("\n", 0, offset)
+    return line, offset - (text.rfind("\n", 0, offset) + 1)
+
+
+def _version(c: Checker, doc: Any) -> None:
+    """A file in another policy language would only produce noise: stop at the version with one error."""
+    if not isinstance(doc, CommentedMap) or "version" not in doc:
+        return
+    value = doc["version"]
+    if isinstance(value, bool) or not isinstance(value, int) or value != POLICY_VERSION:
+        c.error(tuple(doc.lc.value("version")),  # type: ignore[arg-type]
+                f"unsupported policy version {value!r}: this pyoomd reads version {POLICY_VERSION}")
+        raise PolicyInvalid(c.errors)
+
+
+def _yaml_policy(doc: Any, source: str, spots: Spots | None) -> Policy:
+    c = Checker(source, spots=spots)
+    _version(c, doc)
+    f = c.fields(doc, "the policy", (0, 0), TOP_KEYS)
+    if f is None:
+        raise PolicyInvalid(c.errors)
+    interval = c.get(f, "interval", _positive_duration, 1.0)
+    dry_run = c.get(f, "dry_run", _boolean, False)
+    rulesets = check_rulesets(c, f, YAML_DIALECT, interval, drop_in=False)
+    if c.errors:
+        raise PolicyInvalid(c.errors)
+    return Policy(rulesets=rulesets, interval=interval, dry_run=dry_run, source=source, version=POLICY_VERSION)
+
+
+def _yaml_drop_in(doc: Any, source: str, mtime_ns: int, spots: Spots | None) -> DropIn:
+    c = Checker(source, spots=spots)
+    _version(c, doc)
+    keys = {k: v for k, v in TOP_KEYS.items() if k in DROP_IN_FILE_KEYS}
+    misplaced = {k: "cannot be set by a drop-in: it belongs in the base policy" for k in TOP_KEYS if k not in keys}
+    f = c.fields(doc, "the drop-in", (0, 0), keys, misplaced)
+    if f is None:
+        raise PolicyInvalid(c.errors)
+    rulesets = check_rulesets(c, f, YAML_DIALECT, 1.0, drop_in=True)
+    if c.errors:
+        raise PolicyInvalid(c.errors)
+    return DropIn(source=source, mtime_ns=mtime_ns, rulesets=rulesets)
+
+
+# ---- entry points ----------------------------------------------------------------------------------------------
+
+
+def load_policy_text(text: str, source: str, spots: Spots | None = None) -> Policy:
+    """A policy from text: oomd's JSON when `is_oomd_json` says so, pyoomd's YAML otherwise."""
+    # Imported here: policy.oomd_json builds on this module's checker.
+    from policy.oomd_json import is_oomd_json, oomd_json_policy
+
+    if is_oomd_json(text, source):
+        return oomd_json_policy(text, source, spots)
+    return _yaml_policy(parse_tree(text, source), source, spots)
+
+
+def load_drop_in_text(text: str, source: str, mtime_ns: int = 0, spots: Spots | None = None) -> DropIn:
+    """A drop-in from text: the policy format, but a ruleset may leave out its detectors or its actions."""
+    from policy.oomd_json import is_oomd_json, oomd_json_drop_in
+
+    if is_oomd_json(text, source):
+        return oomd_json_drop_in(text, source, mtime_ns, spots)
+    return _yaml_drop_in(parse_tree(text, source), source, mtime_ns, spots)
+
+
+def _read(p: Path, what: str) -> tuple[str, int]:
+    try:
+        return p.read_text(), p.stat().st_mtime_ns
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else f"not UTF-8 text ({e.reason})"
+        raise PolicyInvalid([PolicyError(str(p), 1, 1, f"cannot read the {what}: {reason}")]) from None
+
+
+def load_policy(path: str | Path, spots: Spots | None = None) -> Policy:
+    p = Path(path)
+    text, _ = _read(p, "policy")
+    return load_policy_text(text, str(p), spots)
+
+
+def load_drop_in(path: str | Path, spots: Spots | None = None) -> DropIn:
+    """A drop-in file, validated (syntax and plugins); which base ruleset it targets is the engine's business."""
+    p = Path(path)
+    text, mtime_ns = _read(p, "drop-in")
+    return load_drop_in_text(text, str(p), mtime_ns, spots)

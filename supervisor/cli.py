@@ -1,4 +1,4 @@
-"""The `pyoomd` command line: `run` the daemon, `check` a policy."""
+"""The `pyoomd` command line: `run` the daemon, `check` a policy, `convert` one to pyoomd's YAML."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import logging
 import sys
 from pathlib import Path
 
-from cgroupfs import LayoutError, detect_layout
-from policy.loader import PolicyInvalid, load_policy
+from cgroupfs import CgroupFS, LayoutError, detect_layout
+from policy.convert import drop_in_to_yaml, policy_to_yaml
+from policy.hostcheck import check_host, describe_host, host_capabilities
+from policy.loader import PolicyInvalid, Spots, load_drop_in, load_policy
+from policy.model import Policy
 from policy.units import parse_duration
 
 
@@ -33,19 +36,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--worker-pythonpath", help=argparse.SUPPRESS)  # development: workers from another tree
 
-    check = sub.add_parser("check", help="validate a policy file; exit 1 with PATH:LINE:COL errors")
+    check = sub.add_parser("check", help="validate a policy file (YAML or oomd JSON); exit 1 with PATH:LINE:COL "
+                           "errors")
     check.add_argument("path", type=Path)
+    what = check.add_mutually_exclusive_group()
+    what.add_argument("--drop-in", action="store_true", help="the file is a drop-in (detectors or actions may be "
+                      "left out)")
+    what.add_argument("--host", action="store_true", help="also report how the policy meets this host now: the "
+                      "cgroups each pattern matches, and plugins this cgroup layout cannot serve (warnings)")
+
+    convert = sub.add_parser("convert", help="print a policy (oomd JSON or YAML) as pyoomd's YAML")
+    convert.add_argument("path", type=Path)
+    convert.add_argument("--drop-in", action="store_true", help="the file is a drop-in")
     return parser
 
 
-def cmd_check(path: Path) -> int:
+def _print_errors(e: PolicyInvalid) -> int:
+    for err in e.errors:
+        print(err, file=sys.stderr)
+    return 1
+
+
+def cmd_check(path: Path, drop_in: bool = False, host: bool = False) -> int:
+    """0 when the policy is valid (whatever --host finds: the host changes, the policy does not), else 1."""
+    spots: Spots = {}
     try:
-        policy = load_policy(path)
+        if drop_in:
+            loaded = load_drop_in(path)
+            print(f"{path}: ok (drop-in, {len(loaded.rulesets)} rulesets)")
+            return 0
+        policy = load_policy(path, spots)
     except PolicyInvalid as e:
-        for err in e.errors:
-            print(err, file=sys.stderr)
-        return 1
+        return _print_errors(e)
+    if host:
+        _report_host(policy, path, spots)
     print(f"{path}: ok ({len(policy.rulesets)} rulesets)")
+    return 0
+
+
+def _report_host(policy: Policy, path: Path, spots: Spots) -> None:
+    try:
+        layout = detect_layout()
+    except (LayoutError, OSError) as e:
+        print(f"{path}: warning: cannot inspect this host's cgroups: {e}")
+        return
+    caps = host_capabilities(layout)
+    for line in describe_host(caps):
+        print(f"host: {line}")
+    fs = CgroupFS(layout)
+    try:
+        for finding in check_host(policy, fs, caps, spots):
+            print(finding.render(str(path)))
+    except OSError as e:  # a cgroup file we may not read: the policy is still valid, the report incomplete
+        print(f"{path}: warning: cannot finish inspecting this host's cgroups: {e}")
+    finally:
+        fs.close()
+
+
+def cmd_convert(path: Path, drop_in: bool = False) -> int:
+    try:
+        text = drop_in_to_yaml(load_drop_in(path)) if drop_in else policy_to_yaml(load_policy(path))
+    except PolicyInvalid as e:
+        return _print_errors(e)
+    sys.stdout.write(text)
     return 0
 
 
@@ -81,5 +134,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO, stream=sys.stderr, format="pyoomd[supervisor:%(process)d] %(levelname)s %(message)s"
     )
     if args.command == "check":
-        sys.exit(cmd_check(args.path))
+        sys.exit(cmd_check(args.path, args.drop_in, args.host))
+    if args.command == "convert":
+        sys.exit(cmd_convert(args.path, args.drop_in))
     sys.exit(cmd_run(args))
