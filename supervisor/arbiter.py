@@ -34,11 +34,13 @@ from ipc.signalqueue import SignalQueue
 from policy.loader import PolicyInvalid, load_policy
 from policy.model import Policy
 from supervisor.actionlog import ActionLog
+from supervisor.dropins import DropInDir
 from supervisor.workers import WORKER_ORDER, WorkerSlot, WorkerState
 
 log = logging.getLogger("pyoomd.supervisor")
 
 STOP_TIMEOUT = 3.0  # seconds a worker gets to exit after Stop before it is killed
+REPEAT_WINDOW = 60.0  # an unchanged non-kill outcome is logged and recorded at most once in this many seconds
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Options:
     dry_run: bool = False
     interval: float | None = None
     worker_pythonpath: str | None = None  # development: run workers from another source tree
+    drop_in_dir: Path | None = None
 
 
 def describe_changes(old: Policy, new: Policy) -> str:
@@ -85,13 +88,15 @@ class Arbiter:
         self.build = build_id()
         self.endpoints = Endpoints(options.runtime_dir)
         self.action_log = ActionLog(options.state_dir)
-        self.policy = self._with_overrides(policy)
+        self.drop_in_dir = DropInDir(options.drop_in_dir) if options.drop_in_dir else None
+        self.policy = self._with_drop_ins(self._with_overrides(policy))
         self.generation = 1
         self.slots = {name: WorkerSlot(name) for name in WORKER_ORDER}
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.evaluated = False
+        self.repeats: dict[tuple, tuple[float, int]] = {}  # non-kill outcome -> (first seen, repeats since)
         self.signal_table = {
             signal.SIGTERM: self.handle_term,
             signal.SIGINT: self.handle_term,
@@ -104,6 +109,27 @@ class Arbiter:
         if self.options.interval is not None:
             policy = msgspec.structs.replace(policy, interval=self.options.interval)
         return policy
+
+    def _with_drop_ins(self, policy: Policy) -> Policy:
+        if self.drop_in_dir is None:
+            return policy
+        drop_ins, errors = self.drop_in_dir.load(policy)
+        for err in errors:
+            log.error("drop-in refused: %s", err)
+        return msgspec.structs.replace(policy, drop_ins=drop_ins)
+
+    def on_drop_in_change(self) -> None:
+        assert self.drop_in_dir is not None
+        if not self.drop_in_dir.drain():
+            return
+        new = self._with_drop_ins(msgspec.structs.replace(self.policy, drop_ins=[]))
+        if new.drop_ins == self.policy.drop_ins:
+            return
+        old, self.policy = self.policy, new
+        self.generation += 1
+        log.info("drop-ins in %s changed; policy generation %d: %s", self.drop_in_dir.path, self.generation,
+                 describe_changes(old, new))
+        self.distribute()
 
     def dry_run(self) -> tuple[bool, str]:
         """Dry-run from any source wins."""
@@ -155,7 +181,7 @@ class Arbiter:
             for err in e.errors:
                 log.error("reload failed, keeping policy generation %d: %s", self.generation, err)
             return [str(err) for err in e.errors]
-        old, self.policy = self.policy, self._with_overrides(policy)
+        old, self.policy = self.policy, self._with_drop_ins(self._with_overrides(policy))
         self.generation += 1
         log.info("policy %s loaded as generation %d: %s", self.options.config, self.generation,
                  describe_changes(old, self.policy))
@@ -266,6 +292,19 @@ class Arbiter:
         self.distribute()
 
     def on_action(self, record: ActionRecord) -> None:
+        # A ruleset that keeps failing to act (nothing to kill, a refusal) would otherwise log and record the
+        # same outcome every tick: repeat it at most once a minute, saying how often it happened meanwhile.
+        if record.result not in ("killed", "dry-run", "failed"):
+            key = (record.ruleset, record.result, record.target, record.detail)
+            now = time.monotonic()
+            last = self.repeats.get(key)
+            if last is not None and now - last[0] < REPEAT_WINDOW:
+                self.repeats[key] = (last[0], last[1] + 1)
+                return
+            if last is not None and last[1]:
+                record = msgspec.structs.replace(record, detail=f"{record.detail} (repeated {last[1]} times "
+                                                                f"in the last {REPEAT_WINDOW:.0f}s)".lstrip())
+            self.repeats[key] = (now, 0)
         pids = ",".join(map(str, record.pids)) or "-"
         log.warning(
             "action: ruleset %r group %r %s %s target=%s pids=%s signal=%s via %s result=%s dry_run=%s (%s) in "
@@ -320,6 +359,11 @@ class Arbiter:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.signals.fileno(), zmq.POLLIN)
+        if self.drop_in_dir is not None:
+            self.drop_in_dir.open()
+            self.poller.register(self.drop_in_dir.fd, zmq.POLLIN)
+            log.info("watching %s for drop-in policy files (%d apply now)", self.drop_in_dir.path,
+                     len(self.policy.drop_ins))
         try:
             for name in WORKER_ORDER:
                 self.start_worker(self.slots[name])
@@ -332,6 +376,8 @@ class Arbiter:
                         self.signal_table[signum]()
                 if self.control in events:
                     self.on_control()
+                if self.drop_in_dir is not None and self.drop_in_dir.fd in events:
+                    self.on_drop_in_change()
                 for slot in self.slots.values():
                     if slot.pidfd is not None and slot.pidfd in events:
                         self.on_exit(slot)

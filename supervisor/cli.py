@@ -27,12 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config", type=Path, default=Path("/etc/pyoomd/config.yaml"), help="policy file (YAML)")
+    run.add_argument(
+        "--config", type=Path, default=Path("/etc/pyoomd/config.yaml"), help="policy file (YAML, or oomd's JSON)"
+    )
     run.add_argument("--dry-run", action="store_true", help="decide and record, but signal nothing")
     run.add_argument("--interval", type=_interval, help="seconds between snapshots (overrides the policy)")
     run.add_argument("--runtime-dir", type=Path, default=Path("/run/pyoomd"), help="sockets (default /run/pyoomd)")
     run.add_argument(
         "--state-dir", type=Path, default=Path("/var/lib/pyoomd"), help="action log (default /var/lib/pyoomd)"
+    )
+    run.add_argument(
+        "--drop-in-dir", type=Path, help="directory of drop-in policy files, applied as they come, change and go"
     )
     run.add_argument("--worker-pythonpath", help=argparse.SUPPRESS)  # development: workers from another tree
 
@@ -124,6 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         interval=args.interval,
         worker_pythonpath=args.worker_pythonpath,
+        drop_in_dir=args.drop_in_dir.absolute() if args.drop_in_dir else None,
     )
     return Arbiter(options, policy, layout).run()
 

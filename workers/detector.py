@@ -26,6 +26,7 @@ class Detector(Worker):
         self.command_channel = Channel("detector/commands", CommandMessage)
         self.engine: Engine | None = None
         self.evaluated_generation = -1
+        self.last_logged: dict[str, tuple[str, float]] = {}
         self.add_socket(self.snapshots, self._on_snapshot)
         self.add_socket(self.commands, self._on_result)
 
@@ -59,7 +60,11 @@ class Detector(Worker):
         for command in outcome.commands:
             try:
                 self.commands.send(self.command_channel.encode(command), zmq.NOBLOCK)
-                self.log.info("ruleset %r (group %r): %s", command.ruleset, command.group, command.reason)
+                # The same decision retried every tick (nothing could be killed) is logged once a minute.
+                seen = self.last_logged.get(command.ruleset)
+                if seen is None or seen[0] != command.reason or now - seen[1] > 60:
+                    self.last_logged[command.ruleset] = (command.reason, now)
+                    self.log.info("ruleset %r (group %r): %s", command.ruleset, command.group, command.reason)
             except zmq.Again:
                 self.log.error("no actuator connected; command %s dropped, deciding again", command.id)
                 self.engine.abandon(command.id)
