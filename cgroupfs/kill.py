@@ -124,7 +124,7 @@ def _libc() -> ctypes.CDLL:
     return _libc_handle
 
 
-def _mrelease(pidfd: int) -> str | None:
+def mrelease(pidfd: int) -> str | None:
     """process_mrelease(pidfd, 0); None, or a note when it failed for an unexpected reason."""
     global _have_mrelease
     if _have_mrelease is False:
@@ -247,8 +247,10 @@ class _Kill:
         refuse_pid: Callable[[int], str | None],
         deadline: float,
         intent_dir: Path | None,
+        reap_memory: bool = True,
     ) -> None:
         self.fs = fs
+        self.reap_memory = reap_memory
         self.path = path
         self.refuse_pid = refuse_pid
         self.deadline = deadline
@@ -374,8 +376,10 @@ class _Kill:
             self.report.signalled.append(pid)
 
     def release(self, fds: list[int]) -> None:
+        if not self.reap_memory:
+            return
         for fd in fds:
-            problem = _mrelease(fd)
+            problem = mrelease(fd)
             if problem:
                 self.note(problem)
 
@@ -618,6 +622,7 @@ def kill_cgroup(
     dry_run: bool = False,
     grace: float = 0.0,
     intent_dir: str | Path | None = None,
+    reap_memory: bool = True,
 ) -> KillReport:
     """Signal every process of `path` with the strongest mechanism it has, and wait until it is empty or
     `deadline` (monotonic) passes; processes that show up meanwhile get the signal too.
@@ -628,7 +633,7 @@ def kill_cgroup(
     `recover_intents` thaw a cgroup left frozen by a crash. In dry-run, members are listed and checked, and the
     report names the pids and the mechanism; nothing is signalled, frozen or written.
     """
-    kill = _Kill(fs, path, refuse_pid, deadline, Path(intent_dir) if intent_dir is not None else None)
+    kill = _Kill(fs, path, refuse_pid, deadline, Path(intent_dir) if intent_dir is not None else None, reap_memory)
     report = kill.report
     try:
         if dry_run:

@@ -83,6 +83,8 @@ class Candidate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inode: int
     usage: int | None
     why: str  # the figures that ranked it
+    # Its own 'full' memory PSI (avg10, avg60, avg300) in the snapshot ranked: for oomd's kill line in kmsg.
+    pressure: list[float] | None = None
 
 
 class KillCommand(Message, tag="kill"):
@@ -101,6 +103,8 @@ class KillCommand(Message, tag="kill"):
     dry_run_source: str
     kill_timeout: float
     grace: float = 0.0  # > 0: SIGTERM first, SIGKILL whatever is left after this many seconds
+    target: Literal["cgroup", "largest_process"] = "cgroup"  # the whole cgroup, or only its largest process (RSS)
+    reap_memory: bool = True  # process_mrelease after SIGKILL (oomd's reap_memory)
 
 
 CommandStatus = Literal["killed", "dry-run", "no-target", "refused", "expired", "failed"]

@@ -13,7 +13,9 @@ from policy.paths import matches_any
 AVERAGE_SIZE_DECAY = 4.0
 
 
-RATE_FIELDS = ("workingset_refault", "pgscan", "pgmajfault", "vmpressure_events", "pressure_events")
+RATE_FIELDS = (
+    "workingset_refault", "pgscan", "pgmajfault", "vmpressure_events", "pressure_events", "io_bytes", "io_ops",
+)
 
 
 @dataclass

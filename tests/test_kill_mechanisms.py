@@ -242,8 +242,8 @@ def test_cgroup_kill_empties_a_hybrid_cgroup(host, monkeypatch):
     sleeper = host.spawn(path, ["sleep", "1000"])
     members = host.members_when(path, 4)
     released: list[int] = []
-    real_mrelease = kill._mrelease
-    monkeypatch.setattr(kill, "_mrelease", lambda fd: released.append(fd) or real_mrelease(fd))
+    real_mrelease = kill.mrelease
+    monkeypatch.setattr(kill, "mrelease", lambda fd: released.append(fd) or real_mrelease(fd))
     report = kill_now(host, path)
     assert len(released) == len(members)  # process_mrelease on every victim, through its pidfd
     assert report.mechanism == "cgroup.kill"

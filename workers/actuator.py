@@ -3,45 +3,63 @@
 Before acting it checks, for each ranked candidate in turn, that the command is current (same policy
 generation, not past its deadline), that the cgroup still exists as the same directory (inode), that it lies
 under the cgroups the ruleset's action names, and that it is not protected. It acts on the first candidate
-that passes, or on nothing.
+that passes, or on nothing: the whole cgroup, or (target "largest_process") only its largest process by RSS.
+After a kill (never in dry-run) it marks the cgroup as oomd does: xattrs and a kmsg line (cgroupfs.marks).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import zmq
 
 from cgroupfs import CgroupFS, detect_layout
-from cgroupfs.kill import KillReport, kill_cgroup, recover_intents
+from cgroupfs.kill import KillReport, is_kernel_thread, kill_cgroup, mrelease, recover_intents
+from cgroupfs.marks import KMSG_PATH, kill_line, mark_kill, write_kmsg
 from ipc.codec import Channel
 from ipc.endpoints import command_server
-from ipc.messages import ActionRecord, CommandMessage, CommandResult, CommandStatus, KillCommand, PolicyUpdate
+from ipc.messages import (
+    ActionRecord,
+    Candidate,
+    CommandMessage,
+    CommandResult,
+    CommandStatus,
+    KillCommand,
+    PolicyUpdate,
+)
+from policy.compose import effective_rulesets
+from policy.engine import ruleset_options
 from policy.paths import is_protected, matches_any
 from policy.plugins import build_plugin
-from policy.plugins.base import RulesetOptions
 from workers.base import Worker, main
 
 
 class CommandExecutor:
     """Checks and carries out kill commands; the actuator's whole judgement, apart from its sockets."""
 
-    def __init__(self, fs: CgroupFS, daemon_pid: int, intent_dir: Path | None = None) -> None:
+    def __init__(self, fs: CgroupFS, daemon_pid: int, intent_dir: Path | None = None,
+                 kmsg_path: str | None = KMSG_PATH) -> None:
         self.fs = fs
         self.daemon_pid = daemon_pid
         self.intent_dir = intent_dir  # records of freezes in progress, to thaw after a crash
+        self.kmsg_path = kmsg_path  # where oomd's kill line goes; None: nowhere
         self.update: PolicyUpdate | None = None
         self.targets: dict[tuple[str, str], tuple[str, ...]] = {}  # (ruleset, plugin) -> cgroup patterns
         self.protected: frozenset[str] = frozenset()
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         targets: dict[tuple[str, str], tuple[str, ...]] = {}
-        for rs in update.policy.rulesets:
-            opts = RulesetOptions(rs.name, rs.post_action_delay, update.policy.interval)
+        # The rulesets the engine runs: drop-in copies included, and per-cgroup rulesets with their cgroups
+        # (so ruleset_cgroup targets resolve under them).
+        for rs in effective_rulesets(update.policy):
+            opts = ruleset_options(rs, update.policy.interval)
             for spec in rs.actions:
                 plugin = build_plugin(spec, "action", opts)
                 patterns = plugin.watched_patterns()
@@ -74,7 +92,8 @@ class CommandExecutor:
             return self._result(cmd, "refused", detail=f"policy generation {cmd.generation}, running {running}")
         if time.monotonic() > cmd.not_after:
             return self._result(cmd, "expired", detail="past its deadline; it will be decided again")
-        patterns = self.targets.get((cmd.ruleset, cmd.plugin))
+        # A per-cgroup ruleset's copy is named "ruleset @ /cgroup": its targets are the ruleset's.
+        patterns = self.targets.get((cmd.ruleset.split(" @ ", 1)[0], cmd.plugin))
         if not patterns:
             return self._result(cmd, "refused", detail=f"ruleset {cmd.ruleset!r} has no action {cmd.plugin!r}")
         daemon_pids = self.daemon_pids()
@@ -92,14 +111,24 @@ class CommandExecutor:
             if why_not:
                 skipped.append(f"{cand.path}: {why_not}")
                 continue
-            report = kill_cgroup(
-                self.fs, cand.path, sig=cmd.signal, deadline=time.monotonic() + cmd.kill_timeout,
-                refuse_pid=refuse_pid, dry_run=cmd.dry_run, grace=cmd.grace, intent_dir=self.intent_dir,
-            )
+            deadline = time.monotonic() + cmd.kill_timeout
+            if cmd.target == "largest_process":
+                report = kill_largest_process(
+                    self.fs, cand.path, sig=cmd.signal, deadline=deadline, refuse_pid=refuse_pid,
+                    dry_run=cmd.dry_run, grace=cmd.grace, reap_memory=cmd.reap_memory,
+                )
+            else:
+                report = kill_cgroup(
+                    self.fs, cand.path, sig=cmd.signal, deadline=deadline,
+                    refuse_pid=refuse_pid, dry_run=cmd.dry_run, grace=cmd.grace, intent_dir=self.intent_dir,
+                    reap_memory=cmd.reap_memory,
+                )
             if not report.signalled:
                 skipped.append(f"{cand.path}: no process to signal")
                 continue
             notes = [*skipped, *report.notes]
+            if not cmd.dry_run:
+                notes.extend(self.mark(cmd, cand, len(report.signalled)))
             if report.skipped:
                 notes.append(f"left alone: {report.skipped}")
             if cmd.dry_run:
@@ -109,6 +138,24 @@ class CommandExecutor:
                 return self._result(cmd, "failed", cand.path, report.signalled, "; ".join(notes), report)
             return self._result(cmd, "killed", cand.path, report.signalled, "; ".join(notes), report)
         return self._result(cmd, "no-target", detail="; ".join(skipped))
+
+    def mark(self, cmd: KillCommand, cand: Candidate, nr_killed: int) -> list[str]:
+        """oomd's traces of a kill: xattrs on the cgroup's primary directory and its cgroup2 directory (where
+        there is one), and the kill line in kmsg. Returns what could not be written; a failure stops nothing."""
+        dirs: list[Path] = []
+        loc = self.fs.locate(cand.path)
+        if loc is not None:
+            dirs.append(loc[1])
+        unified = self.fs.layout.unified
+        if unified is not None and unified.dir_of(cand.path).is_dir():
+            dirs.append(unified.dir_of(cand.path))
+        problems = mark_kill(dirs, cmd.id, nr_killed)
+        if self.kmsg_path is not None:
+            line = kill_line(cand.path, cand.usage, cand.pressure, cmd.ruleset, cmd.group, cmd.plugin)
+            problem = write_kmsg(line, path=self.kmsg_path)
+            if problem:
+                problems.append(problem)
+        return [f"marks: {p}" for p in problems]
 
     def disqualify(self, path: str, inode: int, patterns: tuple[str, ...], daemon_pids: set[int]) -> str | None:
         """Why `path` may not be acted on now, or None."""
@@ -124,6 +171,144 @@ class CommandExecutor:
         if daemon_pids & self.fs.members(path):
             return "holds pyoomd's own processes"
         return None
+
+
+MECH_LARGEST = "pidfd signal (largest process)"
+PICK_TRIES = 5  # the largest process may exit or move between the pick and the signal: pick again, this often
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _read_proc(proc: Path, pid: int, name: str) -> str | None:
+    try:
+        with open(proc / str(pid) / name) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def largest_process(
+    fs: CgroupFS, path: str, refuse_pid: Callable[[int], str | None], skipped: dict[int, str]
+) -> tuple[int, int] | None:
+    """(pid, RSS in bytes) of the process of `path`'s subtree with the largest resident set, leaving out the
+    refused (recorded in `skipped`), kernel threads and processes already exiting; None when there is none."""
+    best: tuple[int, int] | None = None
+    for pid in sorted(fs.members(path)):
+        reason = refuse_pid(pid) or ("kernel thread" if is_kernel_thread(pid, str(fs.proc)) else None)
+        if reason:
+            skipped[pid] = reason
+            continue
+        statm, stat = _read_proc(fs.proc, pid, "statm"), _read_proc(fs.proc, pid, "stat")
+        if statm is None or stat is None:
+            continue  # gone meanwhile
+        state = stat.rsplit(")", 1)[1].split()[0]  # the command name may hold spaces and parentheses
+        if state in ("Z", "X"):
+            continue  # exiting already: its parent reaps it, a signal frees nothing
+        rss = int(statm.split()[1]) * _PAGE_SIZE
+        if best is None or rss > best[1]:
+            best = (pid, rss)
+    return best
+
+
+def _send(fd: int | None, pid: int, sig: int) -> None:
+    """Through the pidfd (it names the process we checked, even if its PID was reused since); kill(2) only on
+    kernels before 5.3. ProcessLookupError if it has exited."""
+    if fd is not None:
+        signal.pidfd_send_signal(fd, sig)
+    else:
+        os.kill(pid, sig)
+
+
+def _wait_exit(fd: int | None, pid: int, proc: Path, until: float) -> bool:
+    """Wait until the process has exited (its pidfd turns readable) or `until` (monotonic) passes."""
+    if fd is not None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            remaining = until - time.monotonic()
+            if poller.poll(max(remaining, 0) * 1000):
+                return True
+            if remaining <= 0:
+                return False
+    while True:  # no pidfd: look at /proc (a zombie has exited; only its parent's wait is left)
+        stat = _read_proc(proc, pid, "stat")
+        if stat is None or stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return True
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.02)
+
+
+def kill_largest_process(
+    fs: CgroupFS,
+    path: str,
+    *,
+    sig: int,
+    deadline: float,
+    refuse_pid: Callable[[int], str | None],
+    dry_run: bool = False,
+    grace: float = 0.0,
+    reap_memory: bool = True,
+) -> KillReport:
+    """Signal only the process of `path`'s subtree with the largest RSS, and wait until it has exited or
+    `deadline` (monotonic) passes. The pick is re-checked through a pidfd held while checking that the process is
+    still in the subtree; one that exits or moves meanwhile makes way for the next pick. With `grace` > 0 it gets
+    SIGTERM and, if still there after `grace` seconds, SIGKILL. In dry-run, the report names the process only.
+    The rest of the cgroup is left alone, so `emptied` is usually False."""
+    report = KillReport(mechanism=MECH_LARGEST)
+    for _ in range(PICK_TRIES):
+        report.rounds += 1
+        best = largest_process(fs, path, refuse_pid, report.skipped)
+        if best is None:
+            report.emptied = not fs.members(path)
+            return report
+        pid, rss = best
+        comm = (_read_proc(fs.proc, pid, "comm") or "?").strip()
+        picked = f"the largest process of {path}: {pid} ({comm}, {rss >> 20} MB RSS)"
+        if dry_run:
+            report.signalled = [pid]
+            report.notes.append(f"dry-run: would signal {picked}")
+            return report
+        try:
+            fd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            fd = None
+            report.notes.append("no pidfd_open (kernel before 5.3): kill(2) by PID, a PID reused between the check "
+                                "and the kill would be hit")
+        try:
+            if not fs.pid_in(pid, path):
+                continue  # moved out, or the PID now names another process
+            first = signal.SIGTERM if grace > 0 else sig
+            try:
+                _send(fd, pid, first)
+            except ProcessLookupError:
+                continue
+            report.signalled = [pid]
+            report.notes.append(f"signalled {picked}")
+            final = first
+            if grace > 0 and not _wait_exit(fd, pid, fs.proc, min(time.monotonic() + grace, deadline)):
+                try:
+                    _send(fd, pid, signal.SIGKILL)
+                    final = signal.SIGKILL
+                    report.escalated = [pid]
+                    report.notes.append(f"SIGTERM, then SIGKILL after {grace:g}s of grace")
+                except ProcessLookupError:
+                    pass
+            if final == signal.SIGKILL and reap_memory and fd is not None:
+                problem = mrelease(fd)  # free its memory now, even while it is stuck on its way out
+                if problem:
+                    report.notes.append(problem)
+            report.remaining = [] if _wait_exit(fd, pid, fs.proc, deadline) else [pid]
+            report.emptied = not fs.members(path)
+            return report
+        finally:
+            if fd is not None:
+                os.close(fd)
+    report.notes.append(f"the largest process of {path} exited or moved before each of {PICK_TRIES} picks")
+    return report
 
 
 class Actuator(Worker):
