@@ -32,9 +32,17 @@ def test_broken_policy_keeps_the_running_one_and_good_one_takes_effect(cgroups, 
         assert "generation 2" not in daemon.log
         assert thrasher.poll() is None
 
-        daemon.config.write_text(policy_for(cgroups.path))
+        # Half-written: an editor saved the first part of the file when the reload came.
+        good = policy_for(cgroups.path)
+        daemon.config.write_text(good[: good.index("    actions:")] + "    actions:\n      - kill_by_mem")
         daemon.proc.send_signal(signal.SIGHUP)
-        daemon.wait_log(r"loaded as generation 2")
+        daemon.wait_log(r"reload failed, keeping policy generation 1: .*policy.yaml:11:9: each action is a mapping")
+        assert thrasher.poll() is None
+
+        daemon.config.write_text(good)
+        daemon.proc.send_signal(signal.SIGHUP)
+        m = daemon.wait_log(r"loaded as generation 2: (.*)$")
+        assert m.group(1) == "removed 'test thrash'; added 'test thrash'" or "modified 'test thrash'" in m.group(1)
         thrasher.wait(timeout=90)
         assert thrasher.returncode == -signal.SIGKILL
         assert sleeper.poll() is None
@@ -43,3 +51,18 @@ def test_broken_policy_keeps_the_running_one_and_good_one_takes_effect(cgroups, 
         assert order == ["actuator", "detector", "collector"], order
     finally:
         assert daemon.stop() == 0
+
+
+def test_each_reload_says_what_changed():
+    from policy.loader import load_policy_text
+    from supervisor.arbiter import describe_changes
+
+    base = load_policy_text(policy_for("a"), "p.yaml")
+    same = load_policy_text(policy_for("a"), "p.yaml")
+    edited = load_policy_text(policy_for("a", threshold=50), "p.yaml")
+    renamed = load_policy_text(policy_for("a").replace("name: test thrash", "name: other"), "p.yaml")
+    faster = load_policy_text(policy_for("a").replace("interval: 0.5", "interval: 0.25"), "p.yaml")
+    assert describe_changes(base, same) == "no change"
+    assert describe_changes(base, edited) == "modified 'test thrash'"
+    assert describe_changes(base, renamed) == "added 'other'; removed 'test thrash'"
+    assert describe_changes(base, faster) == "interval 0.5 -> 0.25"
