@@ -175,6 +175,10 @@ class Arg:
             return ",".join(self.default) or "none"
         if isinstance(self.default, bool):
             return str(self.default).lower()
+        if self.kind == "signal":
+            return signal_module.Signals(self.default).name
+        if isinstance(self.default, SizeOrPercent) and self.default.bytes is not None:
+            return f"{self.default.bytes} B"
         return str(self.default)
 
 
