@@ -264,3 +264,15 @@ def test_history_offers_per_second_rates_of_cumulative_counters():
     reborn = Snapshot(seq=3, generation=1, time=3.0, monotonic=13.0, host=first.host, cgroups=[stats(5, inode=8)])
     h.update(reborn)
     assert h.rate(reborn.cgroups[0], "workingset_refault") is None  # a new cgroup of the same name starts over
+
+
+def test_min_growth_ratio_is_a_real_number_not_oomds_truncated_integer():
+    # oomd parses 1.25 as 1, so any growth >= 1 counts; pyoomd keeps 1.25 as documented.
+    e = engine_for(ruleset(PRESSURE_GROUP.replace("duration: 2", "duration: 0"),
+                           actions='- kill_by_memory_size_or_growth: {cgroup: "p/*", growing_size_percentile: 50}'))
+    calm = [cg("/p", 1), cg("/p/a", 300), cg("/p/b", 250), cg("/p/c", 250), cg("/p/d", 10)]
+    for t in range(20):
+        e.tick(snap(calm), float(t))
+    slightly = [cg("/p", 1, avg10=90), cg("/p/a", 300), cg("/p/b", 250), cg("/p/c", 290), cg("/p/d", 10)]
+    (cmd,) = e.tick(snap(slightly), 21.0).commands
+    assert cmd.candidates[0].path == "/p/a"  # /p/c grew x1.12: below 1.25, so size order stands
