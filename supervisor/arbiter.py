@@ -74,6 +74,15 @@ def describe_changes(old: Policy, new: Policy) -> str:
     return "; ".join(parts) or "no change"
 
 
+@dataclass(frozen=True)
+class ReloadResult:
+    """The outcome of the last reload, kept for status (the D-Bus interface shows it)."""
+
+    ok: bool
+    errors: list[str]
+    at: float  # wall clock
+
+
 class Fatal(Exception):
     """The daemon cannot go on; the message tells the operator why."""
 
@@ -96,6 +105,7 @@ class Arbiter:
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.evaluated = False
+        self.last_reload: ReloadResult | None = None
         self.repeats: dict[tuple, tuple[float, int]] = {}  # non-kill outcome -> (first seen, repeats since)
         self.signal_table = {
             signal.SIGTERM: self.handle_term,
@@ -180,7 +190,9 @@ class Arbiter:
         except PolicyInvalid as e:
             for err in e.errors:
                 log.error("reload failed, keeping policy generation %d: %s", self.generation, err)
-            return [str(err) for err in e.errors]
+            self.last_reload = ReloadResult(ok=False, errors=[str(err) for err in e.errors], at=time.time())
+            return self.last_reload.errors
+        self.last_reload = ReloadResult(ok=True, errors=[], at=time.time())
         old, self.policy = self.policy, self._with_drop_ins(self._with_overrides(policy))
         self.generation += 1
         log.info("policy %s loaded as generation %d: %s", self.options.config, self.generation,
