@@ -21,3 +21,14 @@ def cgroups() -> Iterator[CgroupSandbox]:
         yield cg
     finally:
         cg.cleanup()
+
+
+# Appended with the fixture below rather than merged into the imports above, which other work edits too.
+from tests.systemd_manager import UserManager, user_manager  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def systemd_user_manager() -> Iterator[UserManager]:
+    """A real systemd user manager in its own cgroup (tests/systemd_manager.py), torn down at the session's end."""
+    with user_manager() as manager:
+        yield manager
