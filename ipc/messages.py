@@ -107,7 +107,34 @@ class KillCommand(Message, tag="kill"):
     reap_memory: bool = True  # process_mrelease after SIGKILL (oomd's reap_memory)
 
 
-CommandStatus = Literal["killed", "dry-run", "no-target", "refused", "expired", "failed"]
+# The only files a WriteCommand may name: the actuator refuses any other, whatever the policy says.
+WritableFile = Literal["memory.high", "memory.reclaim"]
+
+
+class WriteCommand(Message, tag="write"):
+    """Write one value into one cgroup2 control file (senpai's memory.high or memory.reclaim).
+
+    Fire and forget: the actuator re-checks it as it does a kill (generation, deadline, the action's patterns,
+    protection, inode) and answers with a CommandResult that nobody waits for; the next decision overwrites it."""
+
+    id: str
+    generation: int
+    ruleset: str
+    group: str  # detector group that fired
+    plugin: str
+    snapshot_time: float
+    not_after: float  # monotonic deadline; an older command is refused, never applied late
+    path: str
+    inode: int  # of the cgroup2 directory the decision was read from
+    file: WritableFile
+    value: str  # exactly what is written: a byte count
+    reason: str
+    dry_run: bool
+    dry_run_source: str
+
+
+# "written" (added with WriteCommand): a write's value landed in its file; kill commands never get it.
+CommandStatus = Literal["killed", "dry-run", "no-target", "refused", "expired", "failed", "written"]
 
 
 class CommandResult(Message, tag="result"):
@@ -144,5 +171,5 @@ class ActionRecord(Message, tag="action"):
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
 )
-CommandMessage = KillCommand | CommandResult
-AnyMessage = ControlMessage | Snapshot | KillCommand | CommandResult
+CommandMessage = KillCommand | WriteCommand | CommandResult
+AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | CommandResult

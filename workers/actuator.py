@@ -5,17 +5,22 @@ generation, not past its deadline), that the cgroup still exists as the same dir
 under the cgroups the ruleset's action names, and that it is not protected. It acts on the first candidate
 that passes, or on nothing: the whole cgroup, or (target "largest_process") only its largest process by RSS.
 After a kill (never in dry-run) it marks the cgroup as oomd does: xattrs and a kmsg line (cgroupfs.marks).
+
+Write commands (senpai's) get the same checks, and write one value into memory.high or memory.reclaim of a
+cgroup2 directory with the memory controller, and nothing else (see CommandExecutor.execute_write).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import psutil
 import zmq
@@ -23,6 +28,7 @@ import zmq
 from cgroupfs import CgroupFS, detect_layout
 from cgroupfs.kill import KillReport, is_kernel_thread, kill_cgroup, mrelease, recover_intents
 from cgroupfs.marks import KMSG_PATH, kill_line, mark_kill, write_kmsg
+from cgroupfs.tree import CgroupPathError, normalize
 from ipc.codec import Channel
 from ipc.endpoints import command_server
 from ipc.messages import (
@@ -33,16 +39,25 @@ from ipc.messages import (
     CommandStatus,
     KillCommand,
     PolicyUpdate,
+    WritableFile,
+    WriteCommand,
 )
 from policy.compose import effective_rulesets
 from policy.engine import ruleset_options
 from policy.paths import is_protected, matches_any
-from policy.plugins import build_plugin
+from policy.plugins import Plugin, build_plugin
 from workers.base import Worker, main
+
+log = logging.getLogger("pyoomd.actuator")
+
+# Whatever a command or a plugin says, these are the only files a WriteCommand can reach.
+WRITABLE_FILES: frozenset[str] = frozenset(get_args(WritableFile))
+# A write below memory.current makes the kernel reclaim in the writer, here: it holds up every command behind it.
+SLOW_WRITE = 1.0  # seconds
 
 
 class CommandExecutor:
-    """Checks and carries out kill commands; the actuator's whole judgement, apart from its sockets."""
+    """Checks and carries out kill and write commands; the actuator's whole judgement, apart from its sockets."""
 
     def __init__(self, fs: CgroupFS, daemon_pid: int, intent_dir: Path | None = None,
                  kmsg_path: str | None = KMSG_PATH) -> None:
@@ -52,10 +67,13 @@ class CommandExecutor:
         self.kmsg_path = kmsg_path  # where oomd's kill line goes; None: nowhere
         self.update: PolicyUpdate | None = None
         self.targets: dict[tuple[str, str], tuple[str, ...]] = {}  # (ruleset, plugin) -> cgroup patterns
+        # (ruleset, plugin) -> each such action that declares files it may write, with its own patterns
+        self.writers: dict[tuple[str, str], list[tuple[tuple[str, ...], Plugin]]] = {}
         self.protected: frozenset[str] = frozenset()
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         targets: dict[tuple[str, str], tuple[str, ...]] = {}
+        writers: dict[tuple[str, str], list[tuple[tuple[str, ...], Plugin]]] = {}
         # The rulesets the engine runs: drop-in copies included, and per-cgroup rulesets with their cgroups
         # (so ruleset_cgroup targets resolve under them).
         for rs in effective_rulesets(update.policy):
@@ -65,9 +83,12 @@ class CommandExecutor:
                 patterns = plugin.watched_patterns()
                 if patterns:
                     targets[(rs.name, spec.name)] = targets.get((rs.name, spec.name), ()) + tuple(patterns)
+                    if getattr(plugin, "writes", None):
+                        writers.setdefault((rs.name, spec.name), []).append((tuple(patterns), plugin))
         # Our own view of what must never be touched, beside what the supervisor sent.
         own = self.fs.own_paths(os.getpid()) | self.fs.own_paths(self.daemon_pid)
         self.targets = targets
+        self.writers = writers
         self.protected = frozenset(update.protected_paths) | own
         self.update = update
 
@@ -171,6 +192,130 @@ class CommandExecutor:
         if daemon_pids & self.fs.members(path):
             return "holds pyoomd's own processes"
         return None
+
+    # ---- writes -----------------------------------------------------------------------------------------------
+
+    def execute_write(self, cmd: WriteCommand) -> CommandResult:
+        """Check a write command as a kill is checked, then write its value; refuse anything else.
+
+        It must be current (generation, deadline), name an allowed file with a byte count, come from an action of
+        the ruleset that declares that file, on a cgroup under that action's patterns and not protected, whose
+        cgroup2 directory has the memory controller (the file exists) and is still the directory decided on
+        (inode). The directory is opened once and the file written through it, so the checks and the write are
+        about the same directory; the file is never created, and symlinks are not followed."""
+
+        def result(status: CommandStatus, detail: str) -> CommandResult:
+            return CommandResult(id=cmd.id, status=status, target=cmd.path, pids=[], detail=detail,
+                                 mechanism=f"write {cmd.file}")
+
+        if self.update is None or cmd.generation != self.update.generation:
+            running = self.update.generation if self.update else "none"
+            return result("refused", f"policy generation {cmd.generation}, running {running}")
+        if time.monotonic() > cmd.not_after:
+            return result("expired", "past its deadline; the next decision will write again")
+        why = self._refuse_write(cmd)
+        if why:
+            return result("refused", why)
+        unified = self.fs.layout.unified
+        if unified is None:
+            return result("refused", "no cgroup2 on this host: memory.high and memory.reclaim exist only there")
+        try:
+            dir_fd = os.open(unified.dir_of(cmd.path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return result("no-target", "gone")
+        except OSError as e:
+            return result("failed", f"cannot open its cgroup2 directory: {e.strerror}")
+        try:
+            why = self._refuse_target(cmd, dir_fd)
+            if why:
+                return result("refused", why)
+            if cmd.dry_run or self.update.dry_run:
+                return result("dry-run", f"would write {cmd.value} to {cmd.file}")
+            started = time.monotonic()
+            try:
+                # O_TRUNC as a shell's `echo >` does (cgroupfs ignores it; a plain file, as in tests, needs it).
+                fd = os.open(cmd.file, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                try:
+                    data = cmd.value.encode()
+                    written = os.write(fd, data)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                # memory.reclaim says EAGAIN when the kernel reclaimed less than asked: nothing is wrong.
+                return result("failed", f"writing {cmd.value} to {cmd.file}: {e.strerror or e}")
+            took = time.monotonic() - started
+            if took > SLOW_WRITE:
+                log.warning("writing %s to %s of %s took %.1fs (the kernel reclaims in the writer); commands "
+                            "waited meanwhile", cmd.value, cmd.file, cmd.path, took)
+            if written != len(data):
+                return result("failed", f"the kernel took {written} of {len(data)} bytes of {cmd.value!r}")
+            return result("written", f"{cmd.file} = {cmd.value} in {took:.3f}s")
+        finally:
+            os.close(dir_fd)
+
+    def _refuse_write(self, cmd: WriteCommand) -> str | None:
+        """What the command itself and the policy say against it, before the filesystem is looked at."""
+        if cmd.file not in WRITABLE_FILES:
+            return f"{cmd.file!r} is not a file pyoomd writes (only {', '.join(sorted(WRITABLE_FILES))})"
+        try:
+            if normalize(cmd.path) != cmd.path:
+                return f"{cmd.path!r} is not a normalised cgroup path"
+        except CgroupPathError as e:
+            return str(e)
+        key = (cmd.ruleset.split(" @ ", 1)[0], cmd.plugin)
+        writers = [(p, plugin) for p, plugin in self.writers.get(key, [])
+                   if cmd.file in getattr(plugin, "writes", ())]
+        if not writers:
+            return f"ruleset {cmd.ruleset!r} has no action {cmd.plugin!r} that writes {cmd.file}"
+        if not any(matches_any(patterns, cmd.path) for patterns, _ in writers):
+            return "not under the cgroups this action may act on"
+        if is_protected(cmd.path, self.protected):
+            return "protected (root, init.scope, or pyoomd's own cgroup)"
+        return None
+
+    def _refuse_target(self, cmd: WriteCommand, dir_fd: int) -> str | None:
+        """What the cgroup2 directory, opened as `dir_fd`, says against the command."""
+        try:
+            os.stat(cmd.file, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return self._missing_file(cmd, dir_fd)
+        if os.fstat(dir_fd).st_ino != cmd.inode:
+            return "replaced by another cgroup of the same name"
+        current: int | None = None
+        try:
+            fd = os.open("memory.current", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                current = int(os.read(fd, 64))
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            pass
+        # The action's own limits, as the policy (not the command) gives them.
+        key = (cmd.ruleset.split(" @ ", 1)[0], cmd.plugin)
+        whys = []
+        for patterns, plugin in self.writers.get(key, []):
+            if not matches_any(patterns, cmd.path):
+                continue
+            check = getattr(plugin, "check_write", None)
+            why = check(cmd.file, cmd.value, current) if check is not None else None
+            if why is None:
+                return None
+            whys.append(why)
+        return "; ".join(whys) or None
+
+    def _missing_file(self, cmd: WriteCommand, dir_fd: int) -> str:
+        try:
+            os.stat("memory.current", dir_fd=dir_fd, follow_symlinks=False)
+            has_memory = True
+        except FileNotFoundError:
+            has_memory = False
+        if has_memory:
+            return f"no {cmd.file} here (memory.reclaim came with kernel 5.19)"
+        memory = self.fs.layout.memory
+        if memory is not None and memory.version == 1:
+            return (f"no {cmd.file}: its cgroup2 directory has no memory controller, as memory is accounted in the "
+                    "v1 memory controller on this host (which has no memory.high)")
+        return f"no {cmd.file}: its cgroup2 directory has no memory controller (not enabled by its parent)"
 
 
 MECH_LARGEST = "pidfd signal (largest process)"
@@ -342,6 +487,10 @@ class Actuator(Worker):
                 self.command_channel.dropped += 1  # wrong number of frames
                 continue
             msg = self.command_channel.decode(frame)
+            if isinstance(msg, WriteCommand):
+                # Fire and forget: answered (the detector only logs a failure), not recorded as an action.
+                self.commands.send_multipart([identity, self.command_channel.encode(self.executor.execute_write(msg))])
+                continue
             if not isinstance(msg, KillCommand):
                 continue
             started = time.monotonic()

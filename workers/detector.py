@@ -1,4 +1,7 @@
-"""The detector: evaluate the policy on each snapshot, and send the actuator one concrete command."""
+"""The detector: evaluate the policy on each snapshot, and send the actuator one concrete command.
+
+Write commands (senpai's) are sent the same way but waited for by nobody: their answers are only logged when
+something went wrong, once a minute for the same cgroup, file and outcome."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import zmq
 
 from ipc.codec import Channel
 from ipc.endpoints import command_client, snapshot_receiver
-from ipc.messages import CommandMessage, CommandResult, PolicyUpdate, Snapshot, SnapshotEvaluated
+from ipc.messages import CommandMessage, CommandResult, PolicyUpdate, Snapshot, SnapshotEvaluated, WriteCommand
 from policy.engine import Engine
 from workers.base import Worker, main
 
@@ -27,6 +30,8 @@ class Detector(Worker):
         self.engine: Engine | None = None
         self.evaluated_generation = -1
         self.last_logged: dict[str, tuple[str, float]] = {}
+        self.writes_out: dict[str, WriteCommand] = {}  # sent, not yet answered (by id)
+        self.write_failures_logged: dict[tuple[str, str, str], float] = {}
         self.add_socket(self.snapshots, self._on_snapshot)
         self.add_socket(self.commands, self._on_result)
 
@@ -57,9 +62,14 @@ class Detector(Worker):
             return  # read for another policy: it may lack cgroups this one needs
         now = time.monotonic()
         outcome = self.engine.tick(snapshot, now)
+        # Answers that never came (an actuator restarted meanwhile) are forgotten a minute past their deadline.
+        self.writes_out = {k: w for k, w in self.writes_out.items() if w.not_after + 60 > now}
         for command in outcome.commands:
             try:
                 self.commands.send(self.command_channel.encode(command), zmq.NOBLOCK)
+                if isinstance(command, WriteCommand):
+                    self.writes_out[command.id] = command  # the plugin logs its own decisions
+                    continue
                 # The same decision retried every tick (nothing could be killed) is logged once a minute.
                 seen = self.last_logged.get(command.ruleset)
                 if seen is None or seen[0] != command.reason or now - seen[1] > 60:
@@ -81,8 +91,22 @@ class Detector(Worker):
             msg = self.command_channel.decode(frame)
             if not isinstance(msg, CommandResult) or self.engine is None:
                 continue
+            write = self.writes_out.pop(msg.id, None)
+            if write is not None:
+                self._write_answered(write, msg)
+                continue
             if not self.engine.on_result(msg, time.monotonic()):
                 logging.getLogger("pyoomd.detector").info("late or unknown result for command %s ignored", msg.id)
+
+    def _write_answered(self, write: WriteCommand, result: CommandResult) -> None:
+        if result.status in ("written", "dry-run"):
+            self.log.debug("%s %s of %s: %s", result.status, write.file, write.path, result.detail)
+            return
+        key, now = (write.path, write.file, result.status), time.monotonic()
+        if now - self.write_failures_logged.get(key, -60.0) >= 60:
+            self.write_failures_logged[key] = now
+            self.log.warning("ruleset %r: %s could not write %s to %s/%s (%s): %s", write.ruleset, write.plugin,
+                             write.value, write.path, write.file, result.status, result.detail)
 
 
 if __name__ == "__main__":
