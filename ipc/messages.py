@@ -40,6 +40,7 @@ class PolicyUpdate(Message, tag="policy"):
     dry_run_source: str  # "command line" | "policy" | "default"
     protected_paths: list[str]  # the daemon's own cgroups and their ancestors, in every hierarchy
     daemon_pid: int
+    systemd_bus: str = "system"  # where the actuator finds the service manager: system | session | none | ADDRESS
 
 
 class PolicyAck(Message, tag="policy-ack"):
@@ -133,8 +134,27 @@ class WriteCommand(Message, tag="write"):
     dry_run_source: str
 
 
+class UnitCommand(Message, tag="unit"):
+    """Ask the service manager to act on one unit (oomd's systemd_restart: RestartUnit)."""
+
+    id: str
+    generation: int
+    ruleset: str
+    group: str
+    plugin: str
+    snapshot_time: float
+    not_after: float
+    operation: Literal["restart"]
+    unit: str
+    reason: str
+    dry_run: bool
+    dry_run_source: str
+    timeout: float = 5.0  # how long the actuator waits for the manager's job
+
+
 # "written" (added with WriteCommand): a write's value landed in its file; kill commands never get it.
-CommandStatus = Literal["killed", "dry-run", "no-target", "refused", "expired", "failed", "written"]
+# "restarted": a unit command's job finished "done".
+CommandStatus = Literal["killed", "dry-run", "no-target", "refused", "expired", "failed", "written", "restarted"]
 
 
 class CommandResult(Message, tag="result"):
@@ -171,5 +191,5 @@ class ActionRecord(Message, tag="action"):
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
 )
-CommandMessage = KillCommand | WriteCommand | CommandResult
-AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | CommandResult
+CommandMessage = KillCommand | WriteCommand | UnitCommand | CommandResult
+AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | UnitCommand | CommandResult

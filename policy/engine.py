@@ -288,7 +288,9 @@ class Engine:
             if ret is Ret.ASYNC_PAUSED:
                 if len(ctx.submitted) > before:
                     cmd = ctx.submitted[-1]
-                    rs.pending = Pending(cmd, index, cmd.not_after + cmd.kill_timeout + ACK_GRACE)
+                    # How long the actuator may take: a kill's timeout, a unit job's timeout.
+                    busy = getattr(cmd, "kill_timeout", None) or getattr(cmd, "timeout", 0.0)
+                    rs.pending = Pending(cmd, index, cmd.not_after + busy + ACK_GRACE)
                 else:
                     rs.resume_at = index  # not done yet: run it again next tick
             elif ret is Ret.STOP:

@@ -52,6 +52,7 @@ class Options:
     interval: float | None = None
     worker_pythonpath: str | None = None  # development: run workers from another source tree
     drop_in_dir: Path | None = None
+    systemd_bus: str = "system"
 
 
 def describe_changes(old: Policy, new: Policy) -> str:
@@ -158,6 +159,7 @@ class Arbiter:
             dry_run_source=source,
             protected_paths=sorted(self.fs.own_paths(os.getpid())),
             daemon_pid=os.getpid(),
+            systemd_bus=self.options.systemd_bus,
         )
 
     def distribute(self) -> None:

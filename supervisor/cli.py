@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--drop-in-dir", type=Path, help="directory of drop-in policy files, applied as they come, change and go"
     )
+    run.add_argument(
+        "--systemd-bus", default="system",
+        help="where the service manager is: system (default), session, none, or a D-Bus address",
+    )
     run.add_argument("--worker-pythonpath", help=argparse.SUPPRESS)  # development: workers from another tree
 
     check = sub.add_parser("check", help="validate a policy file (YAML or oomd JSON); exit 1 with PATH:LINE:COL "
@@ -129,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         interval=args.interval,
         worker_pythonpath=args.worker_pythonpath,
+        systemd_bus=args.systemd_bus,
         drop_in_dir=args.drop_in_dir.absolute() if args.drop_in_dir else None,
     )
     return Arbiter(options, policy, layout).run()

@@ -39,6 +39,7 @@ from ipc.messages import (
     CommandStatus,
     KillCommand,
     PolicyUpdate,
+    UnitCommand,
     WritableFile,
     WriteCommand,
 )
@@ -47,6 +48,7 @@ from policy.engine import ruleset_options
 from policy.paths import is_protected, matches_any
 from policy.plugins import Plugin, build_plugin
 from workers.base import Worker, main
+from workers.systemd import SystemdBus
 
 log = logging.getLogger("pyoomd.actuator")
 
@@ -467,6 +469,7 @@ class Actuator(Worker):
         for thawed in recover_intents(intent_dir):
             self.log.warning("thawed %s, left frozen by an actuator that died mid-kill", thawed)
         self.executor = CommandExecutor(CgroupFS(detect_layout()), daemon_pid=os.getppid(), intent_dir=intent_dir)
+        self.units = UnitExecutor()
         self.commands = command_server(self.zmq, self.endpoints)
         self.command_channel = Channel("actuator/commands", CommandMessage)
         self.add_socket(self.commands, self._on_command)
@@ -476,6 +479,18 @@ class Actuator(Worker):
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         self.executor.apply_policy(update)
+        self.units.apply_policy(update)
+
+    def _on_unit_command(self, identity: bytes, cmd: UnitCommand) -> None:
+        started = time.monotonic()
+        result = self.units.execute(cmd)
+        self.commands.send_multipart([identity, self.command_channel.encode(result)])
+        self.send_control(ActionRecord(
+            time=time.time(), command_id=cmd.id, ruleset=cmd.ruleset, group=cmd.group, plugin=cmd.plugin,
+            target=cmd.unit, pids=[], signal="-", dry_run=cmd.dry_run, dry_run_source=cmd.dry_run_source,
+            result=result.status, duration=round(time.monotonic() - started, 6), reason=cmd.reason,
+            detail=result.detail, mechanism="systemd",
+        ))
 
     def _on_command(self) -> None:
         while True:
@@ -490,6 +505,9 @@ class Actuator(Worker):
             if isinstance(msg, WriteCommand):
                 # Fire and forget: answered (the detector only logs a failure), not recorded as an action.
                 self.commands.send_multipart([identity, self.command_channel.encode(self.executor.execute_write(msg))])
+                continue
+            if isinstance(msg, UnitCommand):
+                self._on_unit_command(identity, msg)
                 continue
             if not isinstance(msg, KillCommand):
                 continue
@@ -517,6 +535,51 @@ class Actuator(Worker):
                     emptied=result.emptied,
                 )
             )
+
+
+
+class UnitExecutor:
+    """Checks and carries out unit commands through the service manager (oomd's systemd_restart)."""
+
+    def __init__(self) -> None:
+        self.update: PolicyUpdate | None = None
+        self.bus: SystemdBus | None = None
+        self.services: set[tuple[str, str]] = set()  # (ruleset, unit) the policy names
+
+    def apply_policy(self, update: PolicyUpdate) -> None:
+        services = set()
+        for rs in effective_rulesets(update.policy):
+            for spec in rs.actions:
+                if spec.name == "systemd_restart":
+                    services.add((rs.name, str(spec.args.get("service", ""))))
+        if self.bus is None or self.update is None or self.update.systemd_bus != update.systemd_bus:
+            if self.bus is not None:
+                self.bus.close()
+            self.bus = None if update.systemd_bus == "none" else SystemdBus(update.systemd_bus)
+        self.services = services
+        self.update = update
+
+    def execute(self, cmd: UnitCommand) -> CommandResult:
+        def result(status: CommandStatus, detail: str) -> CommandResult:
+            return CommandResult(id=cmd.id, status=status, target=cmd.unit, pids=[], detail=detail,
+                                 mechanism="systemd")
+
+        if self.update is None or cmd.generation != self.update.generation:
+            return result("refused", f"policy generation {cmd.generation} is not the one running")
+        if time.monotonic() > cmd.not_after:
+            return result("expired", "past its deadline; it will be decided again")
+        if (cmd.ruleset.split(" @ ", 1)[0], cmd.unit) not in self.services:
+            return result("refused", f"ruleset {cmd.ruleset!r} names no systemd_restart of {cmd.unit!r}")
+        if cmd.dry_run:
+            return result("dry-run", f"would restart {cmd.unit}")
+        if self.bus is None:
+            return result("failed", "no service manager (--systemd-bus none)")
+        outcome = self.bus.restart_unit(cmd.unit, timeout=cmd.timeout)
+        if not outcome.ok or outcome.value is None:
+            return result("failed", f"RestartUnit {cmd.unit}: {outcome.error}")
+        if outcome.value.result != "done":
+            return result("failed", f"RestartUnit {cmd.unit}: job {outcome.value.result or 'not finished'}")
+        return result("restarted", f"job {outcome.value.job_id} done in {outcome.elapsed:.3f}s")
 
 
 if __name__ == "__main__":
