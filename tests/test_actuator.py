@@ -157,3 +157,12 @@ def test_refused_pids_are_left_alone_and_do_not_hold_up_the_kill(cgroups):
     assert doomed.wait(timeout=5) == -signal.SIGKILL
     assert spared.poll() is None
     assert time.monotonic() - start < 25, "waited for the deadline on a process it must not touch"
+
+
+def test_a_path_that_climbs_out_with_dotdot_is_refused(cgroups, executor):
+    cgroups.mkdir("victim")
+    proc = cgroups.sleeper("victim")
+    sneaky = f"{cgroups.path}/victim/.."  # "victim*" would match the '..' component in a naive matcher
+    result = executor.execute(command(executor.fs, [sneaky], inode=executor.fs.identity(cgroups.path) or 0))
+    assert result.status == "no-target" and "normalised" in result.detail
+    assert proc.poll() is None

@@ -182,6 +182,11 @@ class CommandExecutor:
 
     def disqualify(self, path: str, inode: int, patterns: tuple[str, ...], daemon_pids: set[int]) -> str | None:
         """Why `path` may not be acted on now, or None."""
+        try:
+            if normalize(path) != path:
+                return "not a normalised cgroup path"
+        except CgroupPathError:
+            return "not a normalised cgroup path ('..')"  # a '*' in a pattern would match '..'
         if not matches_any(patterns, path):
             return "not under the cgroups this action may act on"
         if is_protected(path, self.protected):
