@@ -60,6 +60,13 @@ class SnapshotEvaluated(Message, tag="evaluated"):
     generation: int
 
 
+class RulesetDisabled(Message, tag="ruleset-disabled"):
+    """The detector disabled a ruleset whose plugin kept raising; the supervisor reports it."""
+
+    ruleset: str
+    reason: str
+
+
 class Stop(Message, tag="stop"):
     pass
 
@@ -190,6 +197,7 @@ class ActionRecord(Message, tag="action"):
 
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
+    | RulesetDisabled
 )
 CommandMessage = KillCommand | WriteCommand | UnitCommand | CommandResult
 AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | UnitCommand | CommandResult

@@ -26,6 +26,7 @@ from ipc.messages import (
     PolicyAck,
     PolicyUpdate,
     Refused,
+    RulesetDisabled,
     SnapshotEvaluated,
     Stop,
     Welcome,
@@ -107,6 +108,7 @@ class Arbiter:
         self.exit_code = 0
         self.evaluated = False
         self.last_reload: ReloadResult | None = None
+        self.disabled_rulesets: dict[str, str] = {}  # ruleset -> why, for status
         self.repeats: dict[tuple, tuple[float, int]] = {}  # non-kill outcome -> (first seen, repeats since)
         self.signal_table = {
             signal.SIGTERM: self.handle_term,
@@ -285,6 +287,10 @@ class Arbiter:
                     self.distribute()
             elif isinstance(msg, ActionRecord):
                 self.on_action(msg)
+            elif isinstance(msg, RulesetDisabled):
+                self.disabled_rulesets[msg.ruleset] = msg.reason
+                log.critical("ruleset %r disabled by the detector: %s; fix its plugin and reload", msg.ruleset,
+                             msg.reason)
             elif isinstance(msg, SnapshotEvaluated) and not self.evaluated:
                 self.evaluated = True
                 log.info("first snapshot evaluated; pyoomd is protecting this host")

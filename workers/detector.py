@@ -13,7 +13,15 @@ import zmq
 
 from ipc.codec import Channel
 from ipc.endpoints import command_client, snapshot_receiver
-from ipc.messages import CommandMessage, CommandResult, PolicyUpdate, Snapshot, SnapshotEvaluated, WriteCommand
+from ipc.messages import (
+    CommandMessage,
+    CommandResult,
+    PolicyUpdate,
+    RulesetDisabled,
+    Snapshot,
+    SnapshotEvaluated,
+    WriteCommand,
+)
 from policy.engine import Engine
 from workers.base import Worker, main
 
@@ -78,6 +86,8 @@ class Detector(Worker):
             except zmq.Again:
                 self.log.error("no actuator connected; command %s dropped, deciding again", command.id)
                 self.engine.abandon(command.id)
+        for ruleset, reason in outcome.disabled:
+            self.send_control(RulesetDisabled(ruleset=ruleset, reason=reason))
         if self.evaluated_generation != self.engine.generation:
             self.evaluated_generation = self.engine.generation
             self.send_control(SnapshotEvaluated(seq=snapshot.seq, generation=snapshot.generation))
