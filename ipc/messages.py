@@ -60,6 +60,13 @@ class SnapshotEvaluated(Message, tag="evaluated"):
     generation: int
 
 
+class PeerRestarted(Message, tag="peer-restarted"):
+    """A worker was replaced: its peers renew their sockets to it (a conflated PUSH socket does not always
+    recover from its peer's restart on its own)."""
+
+    worker: WorkerName
+
+
 class RulesetDisabled(Message, tag="ruleset-disabled"):
     """The detector disabled a ruleset whose plugin kept raising; the supervisor reports it."""
 
@@ -197,7 +204,7 @@ class ActionRecord(Message, tag="action"):
 
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
-    | RulesetDisabled
+    | RulesetDisabled | PeerRestarted
 )
 CommandMessage = KillCommand | WriteCommand | UnitCommand | CommandResult
 AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | UnitCommand | CommandResult

@@ -23,6 +23,7 @@ from ipc.messages import (
     ControlMessage,
     Heartbeat,
     Hello,
+    PeerRestarted,
     PolicyAck,
     PolicyUpdate,
     Refused,
@@ -309,6 +310,10 @@ class Arbiter:
         self._send(slot.name, Welcome(build=self.build))
         slot.last_heartbeat = time.monotonic()
         slot.set_state(WorkerState.RUNNING)
+        if slot.restarts:
+            for other in self.slots.values():
+                if other is not slot and other.state is WorkerState.RUNNING:
+                    self._send(other.name, PeerRestarted(worker=slot.name))
         self.distribute()
 
     def on_action(self, record: ActionRecord) -> None:

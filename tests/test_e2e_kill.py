@@ -90,6 +90,8 @@ def test_worker_killed_is_restarted_and_daemon_still_kills(cgroups: CgroupSandbo
         daemon.wait_log(rf"worker {victim} \(pid {old}\): RUNNING -> BACKOFF: pid {old} killed by SIGKILL")
         m = daemon.wait_log(rf"worker {victim} \(pid (?!{old}\))(\d+)\): BACKOFF -> STARTING")
         daemon.wait_log(rf"worker {victim} \(pid {m.group(1)}\): STARTING -> RUNNING")
+        if victim == "detector":
+            daemon.wait_log(r"detector replaced: snapshot socket renewed")
         thrasher, sleeper = start_workloads(cgroups)
         thrasher.wait(timeout=90)
         assert thrasher.returncode == -signal.SIGKILL

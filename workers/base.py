@@ -27,6 +27,7 @@ from ipc.messages import (
     Heartbeat,
     Hello,
     Message,
+    PeerRestarted,
     PolicyAck,
     PolicyUpdate,
     Refused,
@@ -98,6 +99,9 @@ class Worker:
         """Do timed work; return the next monotonic time this wants to run, or None."""
         return None
 
+    def on_peer_restarted(self, worker: str) -> None:
+        """A peer process was replaced; renew what connects to it."""
+
     def dropped_frames(self) -> int:
         return self.control_channel.dropped
 
@@ -143,6 +147,8 @@ class Worker:
                 self.send_control(PolicyAck(generation=msg.generation))
             elif isinstance(msg, Stop):
                 self.stopping = True
+            elif isinstance(msg, PeerRestarted):
+                self.on_peer_restarted(msg.worker)
             elif msg is not None:
                 self.log.warning("unexpected %s on the control channel; ignored", type(msg).__name__)
 

@@ -171,6 +171,15 @@ class Collector(Worker):
             self.next_tick = max(self.next_tick + self.update.policy.interval, now)
         return self.next_tick
 
+    def on_peer_restarted(self, worker: str) -> None:
+        if worker == "detector":
+            # A conflated PUSH socket can stay silent after its peer is replaced (seen here intermittently
+            # with libzmq 4.3.5); a fresh socket connects to the new detector for sure.
+            self.snapshots.close(linger=0)
+            self.snapshots = snapshot_sender(self.zmq, self.endpoints)
+            self.log.info("detector replaced: snapshot socket renewed")
+            self.next_tick = 0.0  # the new detector gets a snapshot at once
+
     def _on_event(self, fd: int, revents: int) -> None:
         if self.taker.on_ready(fd, _convert(revents, _FROM_ZMQ)):
             self.next_tick = min(self.next_tick, self.last_sent + EVENT_MIN_GAP)
