@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from cgroupfs import CgroupFS, detect_layout
+from cgroupfs.largest import MECH_LARGEST
 from cgroupfs.marks import kill_line, mark_kill, write_kmsg
 from ipc.messages import Candidate, KillCommand, PolicyUpdate
 from policy.loader import load_policy_text
 from tests.realhost import CGROUP_ROOT, CgroupSandbox, wait_for
-from workers.actuator import MECH_LARGEST, CommandExecutor
+from workers.actuator import CommandExecutor
 
 pytestmark = pytest.mark.real
 
