@@ -37,11 +37,13 @@ from policy.loader import PolicyInvalid, load_policy
 from policy.model import Policy
 from supervisor.actionlog import ActionLog
 from supervisor.dropins import DropInDir
+from supervisor.notify import Notifier
 from supervisor.workers import WORKER_ORDER, WorkerSlot, WorkerState
 
 log = logging.getLogger("pyoomd.supervisor")
 
 STOP_TIMEOUT = 3.0  # seconds a worker gets to exit after Stop before it is killed
+WATCHDOG_STALE = 3.0  # seconds without a heartbeat (sent every 1 s) after which a worker counts as hung
 REPEAT_WINDOW = 60.0  # an unchanged non-kill outcome is logged and recorded at most once in this many seconds
 
 
@@ -109,6 +111,8 @@ class Arbiter:
         self.exit_code = 0
         self.evaluated = False
         self.last_reload: ReloadResult | None = None
+        self.notifier = Notifier()
+        self.next_watchdog = 0.0
         self.disabled_rulesets: dict[str, str] = {}  # ruleset -> why, for status
         self.repeats: dict[tuple, tuple[float, int]] = {}  # non-kill outcome -> (first seen, repeats since)
         self.signal_table = {
@@ -186,7 +190,22 @@ class Arbiter:
             self.begin_stop()
 
     def handle_hup(self) -> None:
-        self.reload()
+        self.notifier.reloading()
+        errors = self.reload()
+        # READY=1 ends the reload either way: a broken policy leaves the old one running, and says so.
+        self.notifier.ready(self.status_line() if not errors else f"reload failed, policy generation {self.generation} "
+                            f"still in force: {errors[0]}")
+
+    def status_line(self) -> str:
+        dry, _ = self.dry_run()
+        running = sum(s.state is WorkerState.RUNNING for s in self.slots.values())
+        return (f"{'dry-run, ' if dry else ''}{len(self.policy.rulesets)} rulesets, policy generation "
+                f"{self.generation}, {running}/{len(self.slots)} workers running")
+
+    def healthy(self, now: float) -> bool:
+        """Every worker running and heard from lately: the watchdog is fed only then."""
+        return all(s.state is WorkerState.RUNNING and now - s.last_heartbeat < WATCHDOG_STALE
+                   for s in self.slots.values())
 
     def reload(self) -> list[str]:
         """Load the policy file again; a broken one leaves the running policy in force."""
@@ -247,6 +266,7 @@ class Arbiter:
         self.begin_stop()
 
     def begin_stop(self) -> None:
+        self.notifier.stopping()
         self.stopping = True
         self.stop_deadline = time.monotonic() + STOP_TIMEOUT
         for slot in self.slots.values():
@@ -295,6 +315,7 @@ class Arbiter:
             elif isinstance(msg, SnapshotEvaluated) and not self.evaluated:
                 self.evaluated = True
                 log.info("first snapshot evaluated; pyoomd is protecting this host")
+                self.notifier.ready(self.status_line())
 
     def on_hello(self, slot: WorkerSlot, hello: Hello) -> None:
         if slot.pid != hello.pid:
@@ -366,6 +387,13 @@ class Arbiter:
                     slot.signal(signal.SIGKILL)
         if self.stopping:
             wake = min(wake, max(self.stop_deadline, now + 0.05))
+        elif self.evaluated:
+            self.notifier.status(self.status_line())  # sent only when it changed (a worker restarting, a reload)
+        if not self.stopping and self.notifier.watchdog_interval and self.evaluated:
+            if now >= self.next_watchdog and self.healthy(now):
+                self.notifier.watchdog()
+                self.next_watchdog = now + self.notifier.watchdog_interval
+            wake = min(wake, max(self.next_watchdog, now + 0.2))
         return wake
 
     def run(self) -> int:

@@ -20,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.notify import NOTIFY_ENV
+
 log = logging.getLogger("pyoomd.supervisor")
 
 # Policy reaches the actuator first, so it never receives a command decided under a policy it lacks.
@@ -71,7 +73,7 @@ class WorkerSlot:
         self.state = new
 
     def spawn(self, runtime_dir: Path, state_dir: Path, pythonpath: str) -> None:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in NOTIFY_ENV}
         env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         # -P and cwd "/": a worker imports pyoomd from PYTHONPATH (or the install), never from whatever
