@@ -4,7 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit real clean
+PREFIX ?= /opt/pyoomd
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/pyoomd
+
+.PHONY: run test lint unit real clean install
 
 $(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +29,16 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+## Install into its own virtual environment (its top-level packages never meet another distribution's), with
+## the systemd unit and, if none is there yet, the shipped policy.
+install:
+	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install --quiet .
+	install -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/drop-in.d $(DESTDIR)$(UNITDIR)
+	install -m 0644 units/pyoomd.service $(DESTDIR)$(UNITDIR)/pyoomd.service
+	test -e $(DESTDIR)$(CONFDIR)/config.yaml || install -m 0644 config.yaml $(DESTDIR)$(CONFDIR)/config.yaml
+	@echo "installed; then: systemctl daemon-reload && systemctl enable --now pyoomd"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -120,6 +120,13 @@ class KillCommand(Message, tag="kill"):
     grace: float = 0.0  # > 0: SIGTERM first, SIGKILL whatever is left after this many seconds
     target: Literal["cgroup", "largest_process"] = "cgroup"  # the whole cgroup, or only its largest process (RSS)
     reap_memory: bool = True  # process_mrelease after SIGKILL (oomd's reap_memory)
+    # Through the service manager (KillUnit) when the candidate is a unit's own cgroup, or always directly; "auto"
+    # uses the manager only when it answered its last probe. "direct" is the default here so that a command
+    # without the field (an older detector) behaves as before; the kill actions' own default is "auto".
+    via: Literal["direct", "systemd", "auto"] = "direct"
+    # "stop": StopUnit (the stop_unit action), then a direct kill of whatever the stop job left behind.
+    operation: Literal["kill", "stop"] = "kill"
+    stop_timeout: float = 5.0  # seconds the actuator waits for a stop job before it kills directly
 
 
 # The only files a WriteCommand may name: the actuator refuses any other, whatever the policy says.
@@ -179,6 +186,7 @@ class CommandResult(Message, tag="result"):
     detail: str = ""
     mechanism: str = ""  # how the kill was delivered: "cgroup.kill", "freezer+signal (v1)", ...
     emptied: bool | None = None  # the cgroup held no process afterwards
+    unit: str = ""  # the systemd unit acted on through the manager, when one was
 
 
 class ActionRecord(Message, tag="action"):
@@ -200,6 +208,7 @@ class ActionRecord(Message, tag="action"):
     detail: str = ""
     mechanism: str = ""
     emptied: bool | None = None
+    unit: str = ""  # the systemd unit acted on through the manager, when one was
 
 
 ControlMessage = (

@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
 import psutil
 import zmq
+from msgspec.structs import replace as msgspec_replace
 
 from cgroupfs import CgroupFS, detect_layout
 from cgroupfs.kill import KillReport, kill_cgroup, recover_intents
@@ -46,7 +49,7 @@ from policy.engine import ruleset_options
 from policy.paths import is_protected, matches_any
 from policy.plugins import Plugin, build_plugin
 from workers.base import Worker, main
-from workers.systemd import SystemdBus
+from workers.systemd import ErrorKind, SystemdBus, UnitInfo, unit_name_from_cgroup
 
 log = logging.getLogger("pyoomd.actuator")
 
@@ -54,14 +57,45 @@ log = logging.getLogger("pyoomd.actuator")
 WRITABLE_FILES: frozenset[str] = frozenset(get_args(WritableFile))
 # A write below memory.current makes the kernel reclaim in the writer, here: it holds up every command behind it.
 SLOW_WRITE = 1.0  # seconds
+# How fresh the cached "is the manager reachable" must be. A kill never probes first: it reads the cache, so a stalled
+# bus costs the kill nothing; the probe runs at policy apply and from the actuator's timer.
+PROBE_INTERVAL = 30.0
+PROBE_TIMEOUT = 1.0  # a manager answers in milliseconds; a stalled dbus-daemon must not hold the loop long
+# A failure of these kinds says the manager cannot be reached: kills go direct until the next probe says otherwise.
+_UNREACHABLE: frozenset[ErrorKind] = frozenset({"unreachable", "deadline"})
+MECH_KILL_UNIT = "systemd KillUnit"
+MECH_STOP_UNIT = "systemd StopUnit"
+
+
+@dataclass
+class Reachability:
+    """The manager's state at its last probe, kept for the kill path (which must never wait on a probe)."""
+
+    reachable: bool | None = None  # None: never probed yet
+    error: str = ""
+    checked: float = 0.0  # monotonic time of the last probe (or of the last failure seen on a kill)
+
+
+@dataclass
+class _Outcome:
+    """What a kill through the manager did. `fallback`: it did not, for this reason; kill directly."""
+
+    result: CommandResult | None = None
+    fallback: str = ""
+    skip: str = ""  # the candidate is no longer the one judged: try the next one, kill nothing here
 
 
 class CommandExecutor:
     """Checks and carries out kill and write commands; the actuator's whole judgement, apart from its sockets."""
 
     def __init__(self, fs: CgroupFS, daemon_pid: int, intent_dir: Path | None = None,
-                 kmsg_path: str | None = KMSG_PATH) -> None:
+                 kmsg_path: str | None = KMSG_PATH, bus: SystemdBus | None = None) -> None:
         self.fs = fs
+        # The service manager kills with `via: systemd|auto` go through; the Actuator shares UnitExecutor's, so
+        # that one connection serves restarts and kills alike. None: every kill is direct.
+        self.bus = bus
+        self.reach = Reachability()
+        self._probing: threading.Thread | None = None
         self.daemon_pid = daemon_pid
         self.intent_dir = intent_dir  # records of freezes in progress, to thaw after a crash
         self.kmsg_path = kmsg_path  # where oomd's kill line goes; None: nowhere
@@ -91,6 +125,41 @@ class CommandExecutor:
         self.writers = writers
         self.protected = frozenset(update.protected_paths) | own
         self.update = update
+        if self.bus is not None:
+            self.probe()  # at policy apply, so that the first kill already knows whether the manager answers
+
+    # ---- the service manager's reachability ------------------------------------------------------------------
+
+    def use_bus(self, bus: SystemdBus | None) -> None:
+        if bus is not self.bus:
+            self.bus = bus
+            self.reach = Reachability()
+
+    def probe(self) -> None:
+        """Probe the manager now, in the caller's thread (bounded by PROBE_TIMEOUT), and cache the answer."""
+        bus = self.bus
+        if bus is None:
+            return
+        r = bus.probe(timeout=PROBE_TIMEOUT)
+        if bus is self.bus:  # a policy swapped the bus meanwhile: this answer is about the old one
+            self.reach = Reachability(reachable=r.ok, error=r.error, checked=time.monotonic())
+            if not r.ok:
+                log.warning("service manager not reachable (kills go direct until it is): %s", r.error)
+
+    def maybe_probe(self, now: float) -> float | None:
+        """From the actuator's timer: probe in a thread of its own when the last answer is older than
+        PROBE_INTERVAL, so that a stalled bus never holds up a command. Returns when to look again."""
+        if self.bus is None:
+            return None
+        due = self.reach.checked + PROBE_INTERVAL
+        if now >= due and (self._probing is None or not self._probing.is_alive()):
+            self._probing = threading.Thread(target=self.probe, name="pyoomd-systemd-probe", daemon=True)
+            self._probing.start()
+            due = now + PROBE_INTERVAL
+        return max(due, now + 1.0)
+
+    def _unreachable(self, error: str) -> None:
+        self.reach = Reachability(reachable=False, error=error, checked=time.monotonic())
 
     def daemon_pids(self) -> set[int]:
         try:
@@ -101,10 +170,12 @@ class CommandExecutor:
 
     @staticmethod
     def _result(cmd: KillCommand, status: CommandStatus, target: str | None = None,
-                pids: list[int] | None = None, detail: str = "", report: KillReport | None = None) -> CommandResult:
+                pids: list[int] | None = None, detail: str = "", report: KillReport | None = None,
+                mechanism: str | None = None, unit: str = "") -> CommandResult:
         return CommandResult(
             id=cmd.id, status=status, target=target, pids=pids or [], detail=detail,
-            mechanism=report.mechanism if report else "", emptied=report.emptied if report else None,
+            mechanism=mechanism if mechanism is not None else report.mechanism if report else "",
+            emptied=report.emptied if report else None, unit=unit,
         )
 
     def execute(self, cmd: KillCommand) -> CommandResult:
@@ -132,6 +203,16 @@ class CommandExecutor:
             if why_not:
                 skipped.append(f"{cand.path}: {why_not}")
                 continue
+            via_notes: list[str] = []
+            if cmd.via != "direct" and (cmd.target == "cgroup" or cmd.operation == "stop"):
+                outcome = self._through_manager(cmd, cand, refuse_pid, skipped)
+                if outcome.result is not None:
+                    return outcome.result
+                if outcome.skip:
+                    skipped.append(f"{cand.path}: {outcome.skip}")
+                    continue
+                if outcome.fallback:
+                    via_notes.append(outcome.fallback)
             deadline = time.monotonic() + cmd.kill_timeout
             if cmd.target == "largest_process":
                 report = kill_largest_process(
@@ -147,7 +228,7 @@ class CommandExecutor:
             if not report.signalled:
                 skipped.append(f"{cand.path}: no process to signal")
                 continue
-            notes = [*skipped, *report.notes]
+            notes = [*skipped, *via_notes, *report.notes]
             if not cmd.dry_run:
                 notes.extend(self.mark(cmd, cand, len(report.signalled)))
             if report.skipped:
@@ -159,6 +240,141 @@ class CommandExecutor:
                 return self._result(cmd, "failed", cand.path, report.signalled, "; ".join(notes), report)
             return self._result(cmd, "killed", cand.path, report.signalled, "; ".join(notes), report)
         return self._result(cmd, "no-target", detail="; ".join(skipped))
+
+    # ---- kills and stops through the service manager -----------------------------------------------------------
+
+    def _unit_of(self, cmd: KillCommand, cand: Candidate) -> tuple[UnitInfo | None, str]:
+        """The unit whose own cgroup the candidate is, when this kill should go through the manager; else None
+        and what to say about the direct kill instead ("" when there is nothing worth saying)."""
+        explicit = cmd.via == "systemd" or cmd.operation == "stop"
+        if unit_name_from_cgroup(cand.path) is None:
+            # A slice, a sub-cgroup inside a unit, a plain cgroup: the manager cannot kill just that.
+            return None, "not a unit's own cgroup: killed directly" if explicit else ""
+        if self.bus is None:
+            return None, "no service manager (--systemd-bus none): killed directly" if explicit else ""
+        if not self.reach.reachable:
+            # The cached answer decides: the kill itself never waits on a bus that did not answer its probe.
+            why = self.reach.error or "not probed yet"
+            return None, f"systemd unreachable: {why}; killed directly"
+        found = self.bus.unit_for_cgroup(cand.path, pids=sorted(self.fs.members(cand.path))[:3],
+                                         timeout=PROBE_TIMEOUT)
+        if not found.ok:
+            if found.kind in _UNREACHABLE:
+                self._unreachable(found.error)
+            return None, f"systemd unreachable: {found.error}; killed directly"
+        if found.value is None:
+            return None, "not a unit's own cgroup (the manager says): killed directly" if explicit else ""
+        return found.value, ""
+
+    def _through_manager(self, cmd: KillCommand, cand: Candidate, refuse_pid, skipped: list[str]) -> _Outcome:
+        unit, why = self._unit_of(cmd, cand)
+        if unit is None:
+            return _Outcome(fallback=why)
+        members = sorted(self.fs.members(cand.path))
+        refused = [pid for pid in members if refuse_pid(pid)]
+        if refused:
+            # The manager would signal them too: only the direct kill can leave them alone.
+            return _Outcome(fallback=f"{unit.name} holds {refused}, which pyoomd never signals: killed directly")
+        if not members:
+            return _Outcome(skip="no process to signal")
+        mechanism = MECH_STOP_UNIT if cmd.operation == "stop" else MECH_KILL_UNIT
+        if cmd.dry_run:
+            what = "stop" if cmd.operation == "stop" else "kill"
+            notes = [*skipped, f"dry-run: would {what} {unit.name} (invocation {unit.invocation_id}) through the "
+                     "service manager; nothing signalled"]
+            return _Outcome(result=self._result(cmd, "dry-run", cand.path, members, "; ".join(notes),
+                                                mechanism=mechanism, unit=unit.name))
+        if cmd.operation == "stop":
+            return self._stop_unit(cmd, cand, unit, members, refuse_pid, skipped)
+        return self._kill_unit(cmd, cand, unit, members, refuse_pid, skipped)
+
+    def _wait_empty(self, path: str, until: float) -> bool:
+        while True:
+            if not self.fs.members(path):
+                return True
+            if time.monotonic() >= until:
+                return False
+            time.sleep(0.02)
+
+    def _kill_unit(self, cmd: KillCommand, cand: Candidate, unit: UnitInfo, members: list[int], refuse_pid,
+                   skipped: list[str]) -> _Outcome:
+        """KillUnit(all): SIGTERM then SIGKILL after the grace, or the one signal; done when the cgroup is empty."""
+        deadline = time.monotonic() + cmd.kill_timeout
+        first = signal.SIGTERM if cmd.grace > 0 else cmd.signal
+        sent = self.bus.kill_unit_checked(unit.name, unit.control_group, unit.invocation_id,  # type: ignore[union-attr]
+                                          signal=first, timeout=PROBE_TIMEOUT)
+        notes = list(skipped)
+        if not sent.ok:
+            if sent.kind == "refused":
+                # Restarted (or stopped and started) since it was looked up: the invocation that was judged is
+                # gone and the new one was not judged. Neither is killed; the next candidate is tried.
+                return _Outcome(skip=f"{unit.name} is not the invocation that was picked ({sent.error}): not killed")
+            if sent.kind in _UNREACHABLE:
+                self._unreachable(sent.error)
+            return _Outcome(fallback=f"systemd unreachable: KillUnit {unit.name}: {sent.error}; killed directly")
+        notes.append(f"{unit.name}: KillUnit {signal.Signals(first).name} (invocation {unit.invocation_id})")
+        if cmd.grace > 0 and not self._wait_empty(cand.path, min(time.monotonic() + cmd.grace, deadline)):
+            # Checked again: a unit its manager restarted after the SIGTERM is a new invocation, not ours.
+            again = self.bus.kill_unit_checked(unit.name, unit.control_group, unit.invocation_id,  # type: ignore[union-attr]
+                                               signal=signal.SIGKILL, timeout=PROBE_TIMEOUT)
+            if again.ok:
+                notes.append(f"SIGTERM through the manager, then SIGKILL after {cmd.grace:g}s of grace")
+            elif again.kind == "refused":
+                notes.append(f"SIGKILL not sent: {again.error}")
+            else:
+                if again.kind in _UNREACHABLE:
+                    self._unreachable(again.error)
+                report = kill_cgroup(self.fs, cand.path, sig=signal.SIGKILL, deadline=deadline,
+                                     refuse_pid=refuse_pid, intent_dir=self.intent_dir, reap_memory=cmd.reap_memory)
+                notes.append(f"systemd unreachable for the SIGKILL: {again.error}; killed directly "
+                             f"({report.mechanism})")
+        emptied = self._wait_empty(cand.path, deadline)
+        notes.extend(self.mark(cmd, cand, len(members)))
+        status: CommandStatus = "killed" if emptied else "failed"
+        if not emptied:
+            notes.append(f"still present after {cmd.kill_timeout:g}s: {sorted(self.fs.members(cand.path))}")
+        result = self._result(cmd, status, cand.path, members, "; ".join(notes), mechanism=MECH_KILL_UNIT,
+                              unit=unit.name)
+        return _Outcome(result=msgspec_replace(result, emptied=emptied))
+
+    def _stop_unit(self, cmd: KillCommand, cand: Candidate, unit: UnitInfo, members: list[int], refuse_pid,
+                   skipped: list[str]) -> _Outcome:
+        """StopUnit(replace), the job awaited up to stop_timeout; then a direct kill of whatever is left."""
+        bus = self.bus
+        assert bus is not None
+        # Same check as kill_unit_checked: a restarted unit is a new invocation, not the one judged.
+        state = bus.unit_state(unit.name, timeout=PROBE_TIMEOUT)
+        if not state.ok or state.value is None:
+            if state.kind in _UNREACHABLE:
+                self._unreachable(state.error)
+            return _Outcome(fallback=f"systemd unreachable: {state.error}; killed directly")
+        if (state.value.control_group, state.value.invocation_id) != (unit.control_group, unit.invocation_id):
+            return _Outcome(skip=f"{unit.name} is not the invocation that was picked (now "
+                            f"{state.value.invocation_id or 'none'}): not stopped")
+        stopped = bus.stop_unit(unit.name, "replace", timeout=cmd.stop_timeout)
+        notes = list(skipped)
+        mechanism = MECH_STOP_UNIT
+        if stopped.ok and stopped.value is not None:
+            notes.append(f"{unit.name}: StopUnit job {stopped.value.job_id} {stopped.value.result} "
+                         f"in {stopped.elapsed:.3f}s")
+        else:
+            if stopped.kind in _UNREACHABLE and stopped.kind != "deadline":
+                self._unreachable(stopped.error)  # a slow stop job says nothing about the bus itself
+            notes.append(f"{unit.name}: StopUnit: {stopped.error}")
+        report: KillReport | None = None
+        if self.fs.members(cand.path):
+            report = kill_cgroup(self.fs, cand.path, sig=signal.SIGKILL, deadline=time.monotonic() + cmd.kill_timeout,
+                                 refuse_pid=refuse_pid, intent_dir=self.intent_dir, reap_memory=cmd.reap_memory)
+            mechanism = f"{MECH_STOP_UNIT}, then {report.mechanism}"
+            notes.append(f"still running after the stop job: killed directly {report.signalled}")
+            notes.extend(report.notes)
+        emptied = not self.fs.members(cand.path)
+        notes.extend(self.mark(cmd, cand, len(members)))
+        if not emptied:
+            notes.append(f"still present: {sorted(self.fs.members(cand.path))}")
+        result = self._result(cmd, "killed" if emptied else "failed", cand.path, members, "; ".join(notes),
+                              mechanism=mechanism, unit=unit.name)
+        return _Outcome(result=msgspec_replace(result, emptied=emptied))
 
     def mark(self, cmd: KillCommand, cand: Candidate, nr_killed: int) -> list[str]:
         """oomd's traces of a kill: xattrs on the cgroup's primary directory and its cgroup2 directory (where
@@ -343,8 +559,14 @@ class Actuator(Worker):
         return super().dropped_frames() + self.command_channel.dropped
 
     def apply_policy(self, update: PolicyUpdate) -> None:
-        self.executor.apply_policy(update)
+        # One connection to the manager for restarts and kills alike: UnitExecutor makes it from the policy's
+        # systemd_bus, and the kill executor (which probes it at apply) uses the same.
         self.units.apply_policy(update)
+        self.executor.use_bus(self.units.bus)
+        self.executor.apply_policy(update)
+
+    def on_timer(self, now: float) -> float | None:
+        return self.executor.maybe_probe(now)
 
     def _on_unit_command(self, identity: bytes, cmd: UnitCommand) -> None:
         started = time.monotonic()
@@ -398,6 +620,7 @@ class Actuator(Worker):
                     detail=result.detail,
                     mechanism=result.mechanism,
                     emptied=result.emptied,
+                    unit=result.unit,
                 )
             )
 

@@ -71,6 +71,10 @@ KILL_ARGS = (
     Arg("avoid", "globs", (), "pyoomd: cgroups to kill only when nothing else is left (like trusted.oomd_avoid)"),
     Arg("omit", "globs", (), "pyoomd: cgroups never to pick, with their subtrees (like systemd's user.oomd_omit); "
         "a kill of an ancestor still kills them"),
+    Arg("via", "choice", "auto", "pyoomd: how a victim that is a .service/.scope unit's own cgroup is killed: "
+        "'systemd' through the service manager (KillUnit, after checking the unit's cgroup and invocation), "
+        "'direct' by pyoomd itself, 'auto' through the manager when it answered its last probe. Any other cgroup, "
+        "and any failure of the manager, gets the direct kill", choices=("auto", "systemd", "direct")),
 )
 
 
@@ -122,6 +126,7 @@ class KillPlugin(Plugin):
     prefer: tuple[str, ...]
     avoid: tuple[str, ...]
     omit: tuple[str, ...]
+    via: str
 
     def setup(self) -> None:
         self.require_cgroup()
@@ -259,13 +264,17 @@ class KillPlugin(Plugin):
                 reason=f"{self.name} picked {top.path}: {why}",
                 dry_run=dry_run,
                 dry_run_source=source,
-                kill_timeout=KILL_TIMEOUT + self.grace,
                 grace=self.grace,
                 target=self.target,  # type: ignore[arg-type]  # checked by the argument's choices
                 reap_memory=self.reap_memory,
+                **self.command_options(),
             )
         )
         return Ret.ASYNC_PAUSED
+
+    def command_options(self) -> dict:
+        """What the command says about how to act (a subclass that stops units says so here)."""
+        return {"via": self.via, "kill_timeout": KILL_TIMEOUT + self.grace}
 
     def on_result(self, status: str) -> Ret:
         # Something was killed (or would have been): end the chain and hold off for post_action_delay, unless
@@ -508,3 +517,48 @@ class KillByIOCost(KillPlugin):
     def rank(self, ctx: TickContext, cgroups: list[CgroupStats]) -> Ranked:
         return _sorted_by(cgroups, lambda cg: io_cost_rate(ctx, cg) or 0.0,
                           lambda cg: f"io cost {_io_cost_text(ctx, cg)}, {_mb(cg.usage)} MB")
+
+
+# The last component of a cgroup systemd made for a unit that has processes of its own (slices hold none).
+_UNIT_SUFFIXES = (".service", ".scope")
+STOP_TIMEOUT = 5.0
+
+
+@register
+class StopUnit(KillPlugin):
+    name = "stop_unit"
+    doc = ("pyoomd: stop the largest candidate that is a .service/.scope unit's own cgroup through the service "
+           "manager (StopUnit, mode replace: the unit's ExecStop= runs and its dependents learn of it), wait up to "
+           "`stop_timeout` for the stop job, then kill directly whatever is still in its cgroup (an ExecStop= or "
+           "TimeoutStopSec= can take minutes during an OOM). Without a reachable manager it kills directly. "
+           "The manager is the one --systemd-bus names.")
+    args = (
+        *CGROUP_ARGS,
+        Arg("post_action_delay", "duration", None, "rest after a stop; default: the ruleset's", unit="s"),
+        Arg("dry", "bool", False, "decide and record, but stop nothing"),
+        Arg("stop_timeout", "duration", STOP_TIMEOUT, "how long the stop job may take before what is left of the "
+            "unit is killed directly", unit="s"),
+        Arg("debug", "bool", False, "log the ranking"),
+        Arg("prefer", "globs", (), "cgroups to stop before any other (like the xattr trusted.oomd_prefer)"),
+        Arg("avoid", "globs", (), "cgroups to stop only when nothing else is left (like trusted.oomd_avoid)"),
+        Arg("omit", "globs", (), "cgroups never to pick (like systemd's user.oomd_omit)"),
+    )
+    requires = frozenset({"systemd"})
+    # KillPlugin's arguments this action does not take: a stop is a whole unit, through the manager.
+    recursive = False
+    always_continue = False
+    reap_memory = True
+    grace = 0.0
+    signal = signal.SIGKILL  # only for the direct kill of what a stop job leaves behind
+    target = "cgroup"
+    via = "systemd"
+
+    stop_timeout: float
+
+    def rank(self, ctx: TickContext, cgroups: list[CgroupStats]) -> Ranked:
+        units = [cg for cg in cgroups if cg.path.rstrip("/").rsplit("/", 1)[-1].endswith(_UNIT_SUFFIXES)]
+        return _sorted_by(units, lambda cg: cg.usage or 0, lambda cg: f"{_mb(cg.usage)} MB, the largest unit")
+
+    def command_options(self) -> dict:
+        return {"via": "systemd", "operation": "stop", "stop_timeout": self.stop_timeout,
+                "kill_timeout": KILL_TIMEOUT}
