@@ -171,7 +171,13 @@ class _Events:
 
     def read(self) -> dict[str, int]:
         # Reading re-arms the notification: poll reports POLLPRI again only after the next change.
-        return parse_flat_keyed(os.pread(self.fd, 4096, 0).decode())
+        try:
+            return parse_flat_keyed(os.pread(self.fd, 4096, 0).decode())
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENOENT):
+                # The cgroup was removed (systemd removes a unit's cgroup once it is empty): nothing is in it.
+                return {"populated": 0, "frozen": 0}
+            raise
 
     def close(self) -> None:
         os.close(self.fd)

@@ -220,8 +220,8 @@ class CommandExecutor:
                     dry_run=cmd.dry_run, grace=cmd.grace, reap_memory=cmd.reap_memory,
                 )
             else:
-                report = kill_cgroup(
-                    self.fs, cand.path, sig=cmd.signal, deadline=deadline,
+                report = kill_cgroup(self.fs,
+                    cand.path, sig=cmd.signal, deadline=deadline,
                     refuse_pid=refuse_pid, dry_run=cmd.dry_run, grace=cmd.grace, intent_dir=self.intent_dir,
                     reap_memory=cmd.reap_memory,
                 )
