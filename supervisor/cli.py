@@ -13,6 +13,7 @@ from policy.hostcheck import check_host, describe_host, host_capabilities
 from policy.loader import PolicyInvalid, Spots, load_drop_in, load_policy
 from policy.model import Policy
 from policy.units import parse_duration
+from supervisor.logsetup import setup_logging
 
 
 def _interval(value: str) -> float:
@@ -136,14 +137,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         systemd_bus=args.systemd_bus,
         drop_in_dir=args.drop_in_dir.absolute() if args.drop_in_dir else None,
     )
+    from supervisor.selfprotect import protect_self
+
+    protect_self(log)  # the workers inherit the OOM score; each locks its own memory
     return Arbiter(options, policy, layout).run()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="pyoomd[supervisor:%(process)d] %(levelname)s %(message)s"
-    )
+    setup_logging("supervisor")
     if args.command == "check":
         sys.exit(cmd_check(args.path, args.drop_in, args.host))
     if args.command == "convert":

@@ -551,6 +551,7 @@ class Actuator(Worker):
             self.log.warning("thawed %s, left frozen by an actuator that died mid-kill", thawed)
         self.executor = CommandExecutor(CgroupFS(detect_layout()), daemon_pid=os.getppid(), intent_dir=intent_dir)
         self.units = UnitExecutor()
+        self._warm_up()
         self.commands = command_server(self.zmq, self.endpoints)
         self.command_channel = Channel("actuator/commands", CommandMessage)
         self.add_socket(self.commands, self._on_command)
@@ -567,6 +568,18 @@ class Actuator(Worker):
 
     def on_timer(self, now: float) -> float | None:
         return self.executor.maybe_probe(now)
+
+    def _warm_up(self) -> None:
+        """Run the kill path once as a dry run on our own cgroup, so its code is paged in (and locked) before the
+        moment it is needed; nothing is signalled, frozen or written."""
+        own = self.executor.fs.cgroups_of_pid(os.getpid())
+        path = normalize(own.get("memory") or own.get("") or "/")
+        try:
+            report = kill_cgroup(self.executor.fs, path, sig=signal.SIGKILL, deadline=time.monotonic() + 1.0,
+                                 refuse_pid=lambda pid: "warm-up", dry_run=True)
+            self.log.info("kill path warmed up (dry run on %s: %s)", path, report.mechanism)
+        except OSError as e:
+            self.log.warning("kill path warm-up failed: %s", e)
 
     def _on_unit_command(self, identity: bytes, cmd: UnitCommand) -> None:
         started = time.monotonic()

@@ -36,6 +36,8 @@ from ipc.messages import (
     WorkerName,
 )
 from ipc.signalqueue import SignalQueue
+from supervisor.logsetup import setup_logging
+from supervisor.selfprotect import protect_self
 
 EXIT_REFUSED = 78  # EX_CONFIG: the supervisor will not run this worker; restarting it cannot help
 HELLO_TIMEOUT = 10.0
@@ -47,12 +49,6 @@ def die_with_parent(expected_parent: int) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != expected_parent:  # the parent died before prctl took effect
         sys.exit(1)
-
-
-def setup_logging(name: str) -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format=f"pyoomd[{name}:%(process)d] %(levelname)s %(message)s"
-    )
 
 
 class Worker:
@@ -187,4 +183,6 @@ def main(worker_cls: type[Worker]) -> None:
     args = parser.parse_args()
     die_with_parent(args.supervisor_pid)
     setup_logging(worker_cls.name)
+    if worker_cls.name in ("detector", "actuator", "collector"):
+        protect_self(logging.getLogger(f"pyoomd.{worker_cls.name}"), oom_score=False)
     sys.exit(worker_cls(args.runtime_dir, args.state_dir).run())
