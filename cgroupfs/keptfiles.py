@@ -13,6 +13,10 @@ import os
 from pathlib import Path
 
 CHUNK = 65536
+# Read afresh every time, never through a kept descriptor: v1 builds a cgroup's pid list at the first read after
+# open and serves that same list to later reads until it has been unused for a second, so a descriptor re-read
+# every tick would show the members of the first tick forever.
+FRESH_ONLY = frozenset({"cgroup.procs", "tasks", "cgroup.threads"})
 LIMIT = 4096  # descriptors at most; past that, files are read the ordinary way
 
 
@@ -38,6 +42,12 @@ class KeptFiles:
         self._used: set[Path] = set()
 
     def read(self, p: Path) -> str:
+        if p.name in FRESH_ONLY:
+            fd = _open(p)
+            try:
+                return _pread_all(fd).decode()
+            finally:
+                os.close(fd)
         fd = self._fds.get(p)
         if fd is None:
             fd = _open(p)

@@ -66,3 +66,22 @@ def test_kept_descriptors_are_reused_and_dropped_with_their_cgroup(cgroups):
         again = fs.read_stats(path)
     assert again is not None and again.inode != first.inode and again.limit == 32 << 20
     fs.close()
+
+
+def test_members_are_current_every_tick_on_v1_too(cgroups):
+    # v1 serves a cached pid list to a descriptor re-read within a second of its last use: a kept descriptor of
+    # cgroup.procs would keep showing the first tick's members. Ticks here come 0.2 s apart, as fast ones do.
+    cgroups.mkdir("grow")
+    path = f"{cgroups.path}/grow"
+    fs = CgroupFS(detect_layout())
+    seen = []
+    for _ in range(3):
+        with fs.tick():
+            seen.append(fs.read_stats(path).nr_procs)
+        cgroups.sleeper("grow")
+        time.sleep(0.2)
+    with fs.tick():
+        st = fs.read_stats(path)
+    assert seen == [0, 1, 2] and st.nr_procs == 3
+    assert st.pressure is not None  # the cgroup2 twin holds the same (current) members
+    fs.close()
