@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from tests.daemon import Daemon
-from tests.realhost import CgroupSandbox
+from tests.realhost import CgroupSandbox, wait_for
 from tests.test_e2e_kill import start_workloads
 
 pytestmark = pytest.mark.real
@@ -57,7 +57,7 @@ def test_a_drop_in_added_at_run_time_takes_effect_and_a_broken_one_is_refused(cg
         daemon.wait_log(r"drop-ins in .* changed; policy generation \d+: .*drop-ins: .*kill.yaml")
         thrasher.wait(timeout=90)
         assert thrasher.returncode == -signal.SIGKILL
-        record = daemon.actions()[0]
+        record = wait_for(daemon.actions, 10, "the kill record")[0]
         assert record["ruleset"].startswith("thrash [drop-in ") and record["ruleset"].endswith("kill.yaml]")
         assert sleeper.poll() is None
         (dropins / "kill.yaml").unlink()
