@@ -191,16 +191,18 @@ class Arbiter:
 
     def handle_hup(self) -> None:
         self.notifier.reloading()
-        errors = self.reload()
-        # READY=1 ends the reload either way: a broken policy leaves the old one running, and says so.
-        self.notifier.ready(self.status_line() if not errors else f"reload failed, policy generation {self.generation} "
-                            f"still in force: {errors[0]}")
+        self.reload()
+        # READY=1 ends the reload either way: a broken policy leaves the old one running, and the status says so.
+        self.notifier.ready(self.status_line())
 
     def status_line(self) -> str:
         dry, _ = self.dry_run()
         running = sum(s.state is WorkerState.RUNNING for s in self.slots.values())
-        return (f"{'dry-run, ' if dry else ''}{len(self.policy.rulesets)} rulesets, policy generation "
+        line = (f"{'dry-run, ' if dry else ''}{len(self.policy.rulesets)} rulesets, policy generation "
                 f"{self.generation}, {running}/{len(self.slots)} workers running")
+        if self.last_reload is not None and not self.last_reload.ok:
+            line += f"; reload failed, generation {self.generation} still in force: {self.last_reload.errors[0]}"
+        return line
 
     def healthy(self, now: float) -> bool:
         """Every worker running and heard from lately: the watchdog is fed only then."""
