@@ -651,7 +651,7 @@ class UnitExecutor:
         services = set()
         for rs in effective_rulesets(update.policy):
             for spec in rs.actions:
-                if spec.name == "systemd_restart":
+                if spec.name in ("systemd_restart", "restart_unit"):
                     services.add((rs.name, str(spec.args.get("service", ""))))
         if self.bus is None or self.update is None or self.update.systemd_bus != update.systemd_bus:
             if self.bus is not None:
@@ -670,7 +670,7 @@ class UnitExecutor:
         if time.monotonic() > cmd.not_after:
             return result("expired", "past its deadline; it will be decided again")
         if (cmd.ruleset.split(" @ ", 1)[0], cmd.unit) not in self.services:
-            return result("refused", f"ruleset {cmd.ruleset!r} names no systemd_restart of {cmd.unit!r}")
+            return result("refused", f"ruleset {cmd.ruleset!r} names no restart of {cmd.unit!r}")
         if cmd.dry_run:
             return result("dry-run", f"would restart {cmd.unit}")
         if self.bus is None:

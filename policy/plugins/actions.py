@@ -562,3 +562,27 @@ class StopUnit(KillPlugin):
     def command_options(self) -> dict:
         return {"via": "systemd", "operation": "stop", "stop_timeout": self.stop_timeout,
                 "kill_timeout": KILL_TIMEOUT}
+
+
+@register
+class KillUnit(StopUnit):
+    name = "kill_unit"
+    doc = ("pyoomd: kill the largest candidate that is a .service/.scope unit's own cgroup through the service "
+           "manager (KillUnit on all its processes, after checking it is still the same invocation), so systemd "
+           "records why the unit died and applies its restart policy; with `grace`, SIGTERM first. Without a "
+           "reachable manager it kills directly.")
+    args = (
+        *CGROUP_ARGS,
+        Arg("post_action_delay", "duration", None, "rest after a kill; default: the ruleset's", unit="s"),
+        Arg("dry", "bool", False, "decide and record, but kill nothing"),
+        Arg("grace", "duration", 0.0, "SIGTERM first, SIGKILL what is left after this long", unit="s"),
+        Arg("debug", "bool", False, "log the ranking"),
+        Arg("prefer", "globs", (), "cgroups to kill before any other (like the xattr trusted.oomd_prefer)"),
+        Arg("avoid", "globs", (), "cgroups to kill only when nothing else is left (like trusted.oomd_avoid)"),
+        Arg("omit", "globs", (), "cgroups never to pick (like systemd's user.oomd_omit)"),
+    )
+    stop_timeout = 0.0
+    grace: float  # type: ignore[assignment]
+
+    def command_options(self) -> dict:
+        return {"via": "systemd", "kill_timeout": KILL_TIMEOUT + self.grace}

@@ -50,3 +50,10 @@ class SystemdRestart(Plugin):
 
     def on_result(self, status: str) -> Ret:
         return Ret.STOP if status in ("restarted", "dry-run") else Ret.CONTINUE
+
+
+@register
+class RestartUnit(SystemdRestart):
+    name = "restart_unit"
+    doc = ("pyoomd's name for oomd's systemd_restart: restart a unit through the service manager (RestartUnit, "
+           "mode replace), then STOP and pause the ruleset for `post_action_delay`.")
