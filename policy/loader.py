@@ -278,6 +278,14 @@ class Dialect:
     def plugin(self, c: Checker, node: Any, pos: Pos, kind: PluginKind) -> RawPlugin | None:
         raise NotImplementedError
 
+    @staticmethod
+    def group_list(c: Checker, f: Fields) -> Any:
+        """The ruleset's `detectors` list, the same in every format; an empty one is an error."""
+        seq = c.sequence(f.value("detectors"), "'detectors'", f.value_pos("detectors"))
+        if seq is not None and not seq:
+            c.error(f.value_pos("detectors"), "'detectors' is empty: the ruleset could never fire")
+        return seq
+
 
 def check_rulesets(c: Checker, f: Fields, d: Dialect, interval: float, drop_in: bool) -> list[Any]:
     """The rulesets of a policy (`Ruleset`) or of a drop-in (`DropInRuleset`); errors go to `c`."""
@@ -432,9 +440,7 @@ def _plugin(c: Checker, raw: RawPlugin, kind: PluginKind, opts: RulesetOptions, 
 class YamlDialect(Dialect):
     def groups(self, c: Checker, f: Fields, opts: RulesetOptions, at: tuple[Any, ...],
                no_cgroup: bool) -> list[DetectorGroup]:
-        seq = c.sequence(f.value("detectors"), "'detectors'", f.value_pos("detectors"))
-        if seq is not None and not seq:
-            c.error(f.value_pos("detectors"), "'detectors' is empty: the ruleset could never fire")
+        seq = self.group_list(c, f)
         groups: list[DetectorGroup] = []
         for gi, node in enumerate(seq or []):
             gpos = c.item_pos(seq, gi)  # type: ignore[arg-type]

@@ -183,9 +183,7 @@ class OomdJsonDialect(Dialect):
 
     def groups(self, c: Checker, f: Fields, opts: RulesetOptions, at: tuple[Any, ...],
                no_cgroup: bool) -> list[DetectorGroup]:
-        seq = c.sequence(f.value("detectors"), "'detectors'", f.value_pos("detectors"))
-        if seq is not None and not seq:
-            c.error(f.value_pos("detectors"), "'detectors' is empty: the ruleset could never fire")
+        seq = self.group_list(c, f)
         groups: list[DetectorGroup] = []
         for gi, node in enumerate(seq or []):
             gpos = c.item_pos(seq, gi)  # type: ignore[arg-type]
