@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed-stamp
 PREFIX ?= /opt/pyoomd
 UNITDIR ?= /etc/systemd/system
 CONFDIR ?= /etc/pyoomd
+# The notify-reload drop-in needs systemd >= 253; the version of the systemd that will run the unit decides.
+SYSTEMD_VERSION ?= $(shell systemctl --version 2>/dev/null | awk 'NR == 1 { print $$2 + 0 }')
 
-.PHONY: run test lint unit real clean install
+.PHONY: run test lint unit real clean install install-units
 
 $(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +34,22 @@ lint: $(STAMP)
 
 ## Install into its own virtual environment (its top-level packages never meet another distribution's), with
 ## the systemd unit and, if none is there yet, the shipped policy.
-install:
+install: install-units
 	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet .
-	install -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/drop-in.d $(DESTDIR)$(UNITDIR)
-	install -m 0644 units/pyoomd.service $(DESTDIR)$(UNITDIR)/pyoomd.service
+	install -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/drop-in.d
 	test -e $(DESTDIR)$(CONFDIR)/config.yaml || install -m 0644 config.yaml $(DESTDIR)$(CONFDIR)/config.yaml
+
+## The unit, and on systemd >= 253 its notify-reload drop-in.
+install-units:
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	install -m 0644 units/pyoomd.service $(DESTDIR)$(UNITDIR)/pyoomd.service
+	if [ "$(SYSTEMD_VERSION)" -ge 253 ] 2>/dev/null; then \
+		install -d -m 0755 $(DESTDIR)$(UNITDIR)/pyoomd.service.d && \
+		install -m 0644 units/pyoomd.service.d/notify-reload.conf $(DESTDIR)$(UNITDIR)/pyoomd.service.d/; \
+	else \
+		rm -f $(DESTDIR)$(UNITDIR)/pyoomd.service.d/notify-reload.conf; \
+	fi
 	@echo "installed; then: systemctl daemon-reload && systemctl enable --now pyoomd"
 
 clean:

@@ -38,6 +38,7 @@ from policy.model import Policy
 from supervisor.actionlog import ActionLog
 from supervisor.dropins import DropInDir
 from supervisor.notify import Notifier
+from supervisor.reloadstatus import ReloadStatus, process_start_time, write_status
 from supervisor.workers import WORKER_ORDER, WorkerSlot, WorkerState
 
 log = logging.getLogger("pyoomd.supervisor")
@@ -79,15 +80,6 @@ def describe_changes(old: Policy, new: Policy) -> str:
     return "; ".join(parts) or "no change"
 
 
-@dataclass(frozen=True)
-class ReloadResult:
-    """The outcome of the last reload, kept for status (the D-Bus interface shows it)."""
-
-    ok: bool
-    errors: list[str]
-    at: float  # wall clock
-
-
 class Fatal(Exception):
     """The daemon cannot go on; the message tells the operator why."""
 
@@ -100,6 +92,7 @@ class Arbiter:
         self.layout = layout
         self.fs = CgroupFS(layout)
         self.build = build_id()
+        self.start_time = process_start_time(os.getpid()) or 0
         self.endpoints = Endpoints(options.runtime_dir)
         self.action_log = ActionLog(options.state_dir)
         self.drop_in_dir = DropInDir(options.drop_in_dir) if options.drop_in_dir else None
@@ -110,7 +103,9 @@ class Arbiter:
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.evaluated = False
-        self.last_reload: ReloadResult | None = None
+        self.last_reload: ReloadStatus | None = None  # None until the first SIGHUP: the start-up load is no reload
+        self.reloads = 0
+        self.last_action: ActionRecord | None = None
         self.notifier = Notifier()
         self.next_watchdog = 0.0
         self.disabled_rulesets: dict[str, str] = {}  # ruleset -> why, for status
@@ -198,10 +193,14 @@ class Arbiter:
     def status_line(self) -> str:
         dry, _ = self.dry_run()
         running = sum(s.state is WorkerState.RUNNING for s in self.slots.values())
-        line = (f"{'dry-run, ' if dry else ''}{len(self.policy.rulesets)} rulesets, policy generation "
-                f"{self.generation}, {running}/{len(self.slots)} workers running")
+        line = (f"{'dry-run, ' if dry else ''}{self.layout.kind}, {len(self.policy.rulesets)} rulesets, policy "
+                f"generation {self.generation}, {running}/{len(self.slots)} workers running")
         if self.last_reload is not None and not self.last_reload.ok:
             line += f"; reload failed, generation {self.generation} still in force: {self.last_reload.errors[0]}"
+        last = self.last_action
+        if last is not None:
+            when = time.strftime("%H:%M:%S", time.localtime(last.time))
+            line += f"; last action {when}: {last.plugin} {last.target or '-'} {last.result}"
         return line
 
     def healthy(self, now: float) -> bool:
@@ -210,21 +209,33 @@ class Arbiter:
                    for s in self.slots.values())
 
     def reload(self) -> list[str]:
-        """Load the policy file again; a broken one leaves the running policy in force."""
+        """Load the policy file again; a broken one leaves the running policy in force. The outcome goes to the
+        state directory, where `pyoomd reload` (systemd's ExecReload) waits for it."""
+        self.reloads += 1
         try:
             policy = load_policy(self.options.config)
         except PolicyInvalid as e:
             for err in e.errors:
                 log.error("reload failed, keeping policy generation %d: %s", self.generation, err)
-            self.last_reload = ReloadResult(ok=False, errors=[str(err) for err in e.errors], at=time.time())
-            return self.last_reload.errors
-        self.last_reload = ReloadResult(ok=True, errors=[], at=time.time())
+            self._record_reload([str(err) for err in e.errors])
+            return [str(err) for err in e.errors]
         old, self.policy = self.policy, self._with_drop_ins(self._with_overrides(policy))
         self.generation += 1
         log.info("policy %s loaded as generation %d: %s", self.options.config, self.generation,
                  describe_changes(old, self.policy))
+        self._record_reload([])
         self.distribute()
         return []
+
+    def _record_reload(self, errors: list[str]) -> None:
+        status = ReloadStatus(pid=os.getpid(), start_time=self.start_time, sequence=self.reloads,
+                              generation=self.generation, ok=not errors, errors=errors, at=time.time())
+        if self.reloads:
+            self.last_reload = status
+        try:
+            write_status(self.options.state_dir, status)
+        except OSError as e:
+            log.error("cannot record the reload's outcome in %s: %s", self.options.state_dir, e)
 
     # ---- workers -------------------------------------------------------------------------------------------------
 
@@ -353,6 +364,7 @@ class Arbiter:
                 record = msgspec.structs.replace(record, detail=f"{record.detail} (repeated {last[1]} times "
                                                                 f"in the last {REPEAT_WINDOW:.0f}s)".lstrip())
             self.repeats[key] = (now, 0)
+        self.last_action = record
         pids = ",".join(map(str, record.pids)) or "-"
         log.warning(
             "action: ruleset %r group %r %s %s target=%s pids=%s signal=%s via %s result=%s dry_run=%s (%s) in "
@@ -400,6 +412,7 @@ class Arbiter:
 
     def run(self) -> int:
         self.endpoints.prepare()
+        self._record_reload([])  # sequence 0: the policy loaded at start; `pyoomd reload` waits for a later one
         log.info("%s", self.layout.describe())
         dry, source = self.dry_run()
         log.info(

@@ -1,4 +1,5 @@
-"""The `pyoomd` command line: `run` the daemon, `check` a policy, `convert` one to pyoomd's YAML."""
+"""The `pyoomd` command line: `run` the daemon, `check` a policy, `convert` one to pyoomd's YAML, `reload` a
+running daemon."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from policy.loader import PolicyInvalid, Spots, load_drop_in, load_policy
 from policy.model import Policy
 from policy.units import parse_duration
 from supervisor.logsetup import setup_logging
+from supervisor.reloadstatus import DEFAULT_TIMEOUT, ReloadError, request_reload
 
 
 def _interval(value: str) -> float:
@@ -54,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
                       "left out)")
     what.add_argument("--host", action="store_true", help="also report how the policy meets this host now: the "
                       "cgroups each pattern matches, and plugins this cgroup layout cannot serve (warnings)")
+
+    reload = sub.add_parser("reload", help="make the running daemon re-read its policy and wait for the outcome; "
+                            "exit 1 when the policy is refused (the running one stays in force)")
+    reload.add_argument(
+        "--state-dir", type=Path, default=Path("/var/lib/pyoomd"), help="the daemon's state directory"
+    )
+    reload.add_argument("--pid", type=int, help="the daemon's PID (systemd's $MAINPID); default: from the state "
+                        "directory")
+    reload.add_argument("--timeout", type=_interval, default=DEFAULT_TIMEOUT, help="seconds to wait for the outcome")
 
     convert = sub.add_parser("convert", help="print a policy (oomd JSON or YAML) as pyoomd's YAML")
     convert.add_argument("path", type=Path)
@@ -112,6 +123,22 @@ def cmd_convert(path: Path, drop_in: bool = False) -> int:
     return 0
 
 
+def cmd_reload(state_dir: Path, pid: int | None, timeout: float) -> int:
+    """0 when the daemon loaded the policy, 1 when it refused it, 2 when there was no daemon or no answer."""
+    try:
+        status = request_reload(state_dir, pid, timeout)
+    except (ReloadError, OSError) as e:
+        print(f"pyoomd reload: {e}", file=sys.stderr)
+        return 2
+    if status.ok:
+        print(f"policy reloaded: generation {status.generation} in force")
+        return 0
+    for err in status.errors:
+        print(err, file=sys.stderr)
+    print(f"pyoomd reload: policy refused; generation {status.generation} stays in force", file=sys.stderr)
+    return 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from supervisor.arbiter import Arbiter, Options
 
@@ -150,4 +177,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_check(args.path, args.drop_in, args.host))
     if args.command == "convert":
         sys.exit(cmd_convert(args.path, args.drop_in))
+    if args.command == "reload":
+        sys.exit(cmd_reload(args.state_dir, args.pid, args.timeout))
     sys.exit(cmd_run(args))

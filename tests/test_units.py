@@ -64,3 +64,26 @@ def test_make_install_lays_out_venv_unit_and_config(tmp_path):
     check = subprocess.run([str(tmp_path / "opt/pyoomd/bin/pyoomd"), "check", str(tmp_path / "etc/pyoomd/config.yaml")],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("version, expected", [("252", False), ("253", True), ("257", True), ("", False)])
+def test_the_notify_reload_drop_in_is_installed_only_on_systemd_253_or_newer(tmp_path, version, expected):
+    result = subprocess.run(["make", "--no-print-directory", "install-units", f"DESTDIR={tmp_path}",
+                             f"SYSTEMD_VERSION={version}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    drop_in = tmp_path / "etc/systemd/system/pyoomd.service.d/notify-reload.conf"
+    assert drop_in.exists() is expected
+    if expected:
+        lines = [ln for ln in drop_in.read_text().splitlines() if ln and not ln.startswith("#")]
+        # ExecReload= reset: systemd sends the SIGHUP itself, and a second one from pyoomd reload would double it.
+        assert lines == ["[Service]", "Type=notify-reload", "ExecReload="]
+
+
+def test_make_reads_the_version_of_this_hosts_systemd():
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        pytest.skip("no systemctl here")
+    first = subprocess.run([systemctl, "--version"], capture_output=True, text=True).stdout.split()[1]
+    shown = subprocess.run(["make", "--no-print-directory", "-s", "-f", "-", "show"], cwd=REPO, text=True,
+                           capture_output=True, input="include Makefile\nshow:\n\t@echo $(SYSTEMD_VERSION)\n").stdout
+    assert shown.strip() == str(int(first.split("~")[0].split(".")[0]))
