@@ -107,11 +107,15 @@ class UserManager:
     def show(self, unit: str, prop: str) -> str:
         return self.systemctl("show", "-p", prop, "--value", unit).stdout.strip()
 
-    def run_unit(self, argv: list[str], tag: str = "victim", properties: dict[str, str] | None = None) -> str:
-        """A transient service running argv (MemoryMax=64M unless told otherwise); its name is unique to this run."""
+    def run_unit(self, argv: list[str], tag: str = "victim", properties: dict[str, str] | None = None,
+                 slice_: str | None = None) -> str:
+        """A transient service running argv (MemoryMax=64M unless told otherwise), in app.slice or `slice_`; its
+        name is unique to this run."""
         unit = f"pyoomd-{tag}-{os.getpid()}-{next(_unit_counter)}.service"
         props = {"MemoryMax": "64M"} if properties is None else properties
         cmd = ["systemd-run", "--user", "--quiet", f"--unit={unit}"]
+        if slice_ is not None:
+            cmd.append(f"--slice={slice_}")
         for key, value in props.items():
             cmd += ["-p", f"{key}={value}"]
         self.units.append(unit)

@@ -193,6 +193,79 @@ def test_auto_with_an_unreachable_manager_kills_directly_and_says_so(systemd_use
             m.stop_unit(unit)
 
 
+def test_the_probe_finds_a_manager_that_comes_up_and_kills_then_go_through_it(systemd_user_manager, stand_in,
+                                                                              tmp_path, caplog):
+    """auto decides from the last probe, never by asking at the moment of the kill: a manager that was not there
+    at policy apply is found by a later probe from the actuator's timer, and only then do kills use it."""
+    m = systemd_user_manager
+    socket_path = tmp_path / "manager"  # where the manager will appear: a link to its private socket, later
+    with SystemdBus("session", addresses=[f"unix:path={socket_path}"]) as bus:
+        caplog.set_level("INFO", logger="pyoomd.actuator")
+        ex = executor(m, stand_in, bus)
+        ex.probe_interval = 2.0
+        assert ex.reach.reachable is False
+        first = ex.reach.checked
+        ex.maybe_probe(first + 1.0)  # not due yet: nothing asked
+        assert ex.reach.checked == first
+        ex.maybe_probe(first + 2.0)
+        wait_for(lambda: ex.reach.checked > first, 10, "the second probe")
+        assert ex.reach.reachable is False
+        unreachable = [r for r in caplog.records if "service manager not reachable" in r.getMessage()]
+        assert len(unreachable) == 1  # said once, not at every probe
+
+        unit, path = started(m, ["sleep", "1000"], "probe")
+        try:
+            direct = ex.execute(command(ex.fs, path, via="auto"))
+            assert direct.status == "killed" and direct.unit == "", direct.detail
+            assert "systemd unreachable" in direct.detail
+        finally:
+            m.stop_unit(unit)
+
+        socket_path.symlink_to(m.runtime_dir / "systemd" / "private")
+        second = ex.reach.checked
+        ex.maybe_probe(second + 2.0)
+        wait_for(lambda: ex.reach.checked > second, 10, "the third probe")
+        assert ex.reach.reachable is True
+        assert any("service manager reachable again" in r.getMessage() for r in caplog.records)
+
+        unit, path = started(m, ["sleep", "1000"], "probe")
+        try:
+            through = ex.execute(command(ex.fs, path, via="auto"))
+            assert through.status == "killed", through.detail
+            assert (through.mechanism, through.unit) == (MECH_KILL_UNIT, unit)
+            assert m.show(unit, "Result") == "signal"
+        finally:
+            m.stop_unit(unit)
+
+
+@pytest.mark.parametrize("grace", [0.0, 2.0])
+def test_a_unit_its_manager_restarts_is_killed_once_and_its_new_invocation_left_alone(
+        systemd_user_manager, manager_bus, stand_in, grace):
+    """Restart=always brings the unit back into the same cgroup at once: the kill is done when the invocation that
+    was judged is gone, and the new one (not judged) is neither killed nor waited for."""
+    m = systemd_user_manager
+    ex = executor(m, stand_in, manager_bus)
+    unit = m.run_unit(["sleep", "1000"], tag="restarting",
+                      properties={"MemoryMax": "64M", "Restart": "always", "RestartSec": "0"})
+    path = m.unit_cgroup(unit)
+    try:
+        wait_for(lambda: all(m.pids_in(path, h) for h in ("systemd", "memory", "unified")), 10, f"{unit} running")
+        before = m.show(unit, "InvocationID")
+        pids = m.pids_in(path)
+        result = ex.execute(command(ex.fs, path, grace=grace))
+        assert result.status == "killed", result.detail
+        assert result.unit == unit and set(result.pids) == pids
+        # Whether the kill saw the cgroup empty before the restart filled it again is a race; either way the judged
+        # processes are gone, and a new invocation seen in their place is named.
+        assert not pids & m.pids_in(path)
+        after = wait_for(lambda: m.show(unit, "ActiveState") == "active" and m.show(unit, "InvocationID"), 10,
+                         "the restarted invocation")
+        assert after != before
+        assert int(m.show(unit, "NRestarts")) == 1  # one kill, one restart: the new invocation was not killed
+    finally:
+        m.stop_unit(unit)
+
+
 def test_direct_never_asks_the_manager(systemd_user_manager, manager_bus, stand_in):
     m = systemd_user_manager
     ex = executor(m, stand_in, manager_bus)

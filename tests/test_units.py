@@ -49,7 +49,7 @@ def test_the_unit_is_hardened(analyze, tmp_path):
 
 def test_the_unit_is_a_notify_service_with_a_watchdog_and_no_start_limit():
     text = UNIT.read_text()
-    for line in ("Type=notify", "WatchdogSec=30s", "StartLimitIntervalSec=0", "OOMScoreAdjust=-1000",
+    for line in ("Type=notify", "WatchdogSec=60s", "StartLimitIntervalSec=0", "OOMScoreAdjust=-1000",
                  "LimitMEMLOCK=infinity", "Restart=always", "RuntimeDirectory=pyoomd", "StateDirectory=pyoomd"):
         assert line in text, line
 
@@ -87,3 +87,18 @@ def test_make_reads_the_version_of_this_hosts_systemd():
     shown = subprocess.run(["make", "--no-print-directory", "-s", "-f", "-", "show"], cwd=REPO, text=True,
                            capture_output=True, input="include Makefile\nshow:\n\t@echo $(SYSTEMD_VERSION)\n").stdout
     assert shown.strip() == str(int(first.split("~")[0].split(".")[0]))
+
+
+def test_the_watchdog_outlasts_the_supervisors_own_repair_of_a_hung_worker():
+    """Pings stop while a worker hangs and resume once it is replaced; systemd must not restart the whole service
+    meanwhile. The longest gap: the half-interval ping that a stale heartbeat just missed, the time to call a worker
+    hung, the longest backoff before a crash loop turns fatal, and a generous start for the new worker."""
+    from ipc.endpoints import HEARTBEAT_TIMEOUT
+    from supervisor.arbiter import WATCHDOG_STALE
+    from supervisor.workers import BACKOFF_FIRST, BACKOFF_MAX, CRASHES_BEFORE_FATAL
+
+    watchdog = float(re.search(r"^WatchdogSec=(\d+)s$", UNIT.read_text(), re.M).group(1))
+    longest_backoff = min(BACKOFF_FIRST * 2 ** (CRASHES_BEFORE_FATAL - 2), BACKOFF_MAX)
+    worker_start = 5.0
+    gap = watchdog / 2 - WATCHDOG_STALE + HEARTBEAT_TIMEOUT + longest_backoff + worker_start
+    assert gap < watchdog, f"a hung worker's repair can take {gap:g}s without a ping; WatchdogSec={watchdog:g}s"

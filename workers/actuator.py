@@ -95,6 +95,7 @@ class CommandExecutor:
         # that one connection serves restarts and kills alike. None: every kill is direct.
         self.bus = bus
         self.reach = Reachability()
+        self.probe_interval = PROBE_INTERVAL
         self._probing: threading.Thread | None = None
         self.daemon_pid = daemon_pid
         self.intent_dir = intent_dir  # records of freezes in progress, to thaw after a crash
@@ -132,6 +133,7 @@ class CommandExecutor:
 
     def use_bus(self, bus: SystemdBus | None) -> None:
         if bus is not self.bus:
+            self._probing = None  # a probe still running is about the old bus and will not touch the new state
             self.bus = bus
             self.reach = Reachability()
 
@@ -141,21 +143,27 @@ class CommandExecutor:
         if bus is None:
             return
         r = bus.probe(timeout=PROBE_TIMEOUT)
-        if bus is self.bus:  # a policy swapped the bus meanwhile: this answer is about the old one
-            self.reach = Reachability(reachable=r.ok, error=r.error, checked=time.monotonic())
-            if not r.ok:
-                log.warning("service manager not reachable (kills go direct until it is): %s", r.error)
+        if bus is not self.bus:  # a policy swapped the bus meanwhile: this answer is about the old one
+            return
+        was = self.reach.reachable
+        self.reach = Reachability(reachable=r.ok, error=r.error, checked=time.monotonic())
+        # Said once when it changes, not at every probe: a host without systemd would hear it twice a minute.
+        if not r.ok and was is not False:
+            log.warning("service manager not reachable (kills go direct until it is): %s", r.error)
+        elif r.ok and was is False:
+            log.info("service manager reachable again at %s (systemd %s): kills go through it",
+                     r.value.address if r.value else bus.address, r.value.version if r.value else "?")
 
     def maybe_probe(self, now: float) -> float | None:
         """From the actuator's timer: probe in a thread of its own when the last answer is older than
-        PROBE_INTERVAL, so that a stalled bus never holds up a command. Returns when to look again."""
+        probe_interval, so that a stalled bus never holds up a command. Returns when to look again."""
         if self.bus is None:
             return None
-        due = self.reach.checked + PROBE_INTERVAL
+        due = self.reach.checked + self.probe_interval
         if now >= due and (self._probing is None or not self._probing.is_alive()):
             self._probing = threading.Thread(target=self.probe, name="pyoomd-systemd-probe", daemon=True)
             self._probing.start()
-            due = now + PROBE_INTERVAL
+            due = now + self.probe_interval
         return max(due, now + 1.0)
 
     def _unreachable(self, error: str) -> None:
@@ -288,17 +296,10 @@ class CommandExecutor:
             return self._stop_unit(cmd, cand, unit, members, refuse_pid, skipped)
         return self._kill_unit(cmd, cand, unit, members, refuse_pid, skipped)
 
-    def _wait_empty(self, path: str, until: float) -> bool:
-        while True:
-            if not self.fs.members(path):
-                return True
-            if time.monotonic() >= until:
-                return False
-            time.sleep(0.02)
-
     def _kill_unit(self, cmd: KillCommand, cand: Candidate, unit: UnitInfo, members: list[int], refuse_pid,
                    skipped: list[str]) -> _Outcome:
-        """KillUnit(all): SIGTERM then SIGKILL after the grace, or the one signal; done when the cgroup is empty."""
+        """KillUnit(all): SIGTERM then SIGKILL after the grace, or the one signal; done when the invocation that was
+        judged is gone (see _wait_unit_gone)."""
         deadline = time.monotonic() + cmd.kill_timeout
         first = signal.SIGTERM if cmd.grace > 0 else cmd.signal
         sent = self.bus.kill_unit_checked(unit.name, unit.control_group, unit.invocation_id,  # type: ignore[union-attr]
@@ -313,7 +314,9 @@ class CommandExecutor:
                 self._unreachable(sent.error)
             return _Outcome(fallback=f"systemd unreachable: KillUnit {unit.name}: {sent.error}; killed directly")
         notes.append(f"{unit.name}: KillUnit {signal.Signals(first).name} (invocation {unit.invocation_id})")
-        if cmd.grace > 0 and not self._wait_empty(cand.path, min(time.monotonic() + cmd.grace, deadline)):
+        gone = cmd.grace > 0 and self._wait_unit_gone(cand.path, unit, members,
+                                                      min(time.monotonic() + cmd.grace, deadline), notes)
+        if cmd.grace > 0 and not gone:
             # Checked again: a unit its manager restarted after the SIGTERM is a new invocation, not ours.
             again = self.bus.kill_unit_checked(unit.name, unit.control_group, unit.invocation_id,  # type: ignore[union-attr]
                                                signal=signal.SIGKILL, timeout=PROBE_TIMEOUT)
@@ -328,14 +331,34 @@ class CommandExecutor:
                                      refuse_pid=refuse_pid, intent_dir=self.intent_dir, reap_memory=cmd.reap_memory)
                 notes.append(f"systemd unreachable for the SIGKILL: {again.error}; killed directly "
                              f"({report.mechanism})")
-        emptied = self._wait_empty(cand.path, deadline)
+        gone = gone or self._wait_unit_gone(cand.path, unit, members, deadline, notes)
         notes.extend(self.mark(cmd, cand, len(members)))
-        status: CommandStatus = "killed" if emptied else "failed"
-        if not emptied:
+        status: CommandStatus = "killed" if gone else "failed"
+        if not gone:
             notes.append(f"still present after {cmd.kill_timeout:g}s: {sorted(self.fs.members(cand.path))}")
         result = self._result(cmd, status, cand.path, members, "; ".join(notes), mechanism=MECH_KILL_UNIT,
                               unit=unit.name)
-        return _Outcome(result=msgspec_replace(result, emptied=emptied))
+        return _Outcome(result=msgspec_replace(result, emptied=not self.fs.members(cand.path)))
+
+    def _wait_unit_gone(self, path: str, unit: UnitInfo, members: list[int], until: float, notes: list[str]) -> bool:
+        """Wait until the invocation that was judged is gone: its cgroup empty, or none of its processes left and
+        the manager running a new invocation there (Restart=, which the manager applies as it should: the new
+        one was not judged and is not ours to kill). A new invocation is noted once."""
+        judged = set(members)
+        while True:
+            now = self.fs.members(path)
+            if not now:
+                return True
+            if not judged & now and self.bus is not None:
+                state = self.bus.unit_state(unit.name, timeout=PROBE_TIMEOUT)
+                if state.ok and state.value is not None and state.value.invocation_id not in ("",
+                                                                                         unit.invocation_id):
+                    notes.append(f"{unit.name} started again by its manager as invocation "
+                                 f"{state.value.invocation_id} ({sorted(now)}): left alone")
+                    return True
+            if time.monotonic() >= until:
+                return False
+            time.sleep(0.02)
 
     def _stop_unit(self, cmd: KillCommand, cand: Candidate, unit: UnitInfo, members: list[int], refuse_pid,
                    skipped: list[str]) -> _Outcome:
