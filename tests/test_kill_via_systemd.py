@@ -154,7 +154,8 @@ def test_stop_unit_ends_it_through_a_stop_job(systemd_user_manager, manager_bus,
         assert (result.mechanism, result.unit, result.emptied) == (MECH_STOP_UNIT, unit, True)
         assert "StopUnit job" in result.detail and " done " in result.detail
         assert m.show(unit, "ActiveState") == "inactive"
-        assert m.show(unit, "Result") == "success"  # a stop, not a kill: systemd counts it as a clean end
+        # systemd's verdict (a clean end, not a kill) is read from ExecStopPost in test_unit_under_systemd.py: a
+        # stopped transient unit is unloaded at once, and `show -p Result` would give the default.
     finally:
         m.stop_unit(unit)
 
