@@ -41,6 +41,8 @@ class PolicyUpdate(Message, tag="policy"):
     protected_paths: list[str]  # the daemon's own cgroups and their ancestors, in every hierarchy
     daemon_pid: int
     systemd_bus: str = "system"  # where the actuator finds the service manager: system | session | none | ADDRESS
+    # Rulesets paused at run time (D-Bus PauseRuleset): base ruleset name -> wall-clock end of the pause
+    paused: dict[str, float] = {}
 
 
 class PolicyAck(Message, tag="policy-ack"):
@@ -76,6 +78,40 @@ class RulesetDisabled(Message, tag="ruleset-disabled"):
 
 class Stop(Message, tag="stop"):
     pass
+
+
+class Query(Message, tag="query"):
+    """The supervisor asks the detector for what only it holds (for the D-Bus interface)."""
+
+    id: int
+    what: Literal["snapshot", "explain"]
+
+
+class QueryAnswer(Message, tag="query-answer"):
+    id: int
+    json: str = ""  # the answer, a JSON document
+    error: str = ""  # why there is none (no snapshot yet)
+
+
+class RulesetFired(Message, tag="ruleset-fired"):
+    """A ruleset began to fire (it did not fire on the snapshot before)."""
+
+    ruleset: str
+    group: str
+
+
+class RulesetReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str  # "name", or "name @ /cgroup" for a per-cgroup ruleset's copy
+    enabled: bool
+    paused_until: float  # wall clock; 0: not paused
+    last_fired: float  # wall clock; 0: never
+    last_group: str = ""
+
+
+class RulesetStates(Message, tag="ruleset-states"):
+    """Every running ruleset, sent by the detector whenever one of them changed."""
+
+    rulesets: list[RulesetReport]
 
 
 # ---- snapshots: collector -> detector --------------------------------------------------------------------------
@@ -213,7 +249,7 @@ class ActionRecord(Message, tag="action"):
 
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
-    | RulesetDisabled | PeerRestarted
+    | RulesetDisabled | PeerRestarted | Query | QueryAnswer | RulesetFired | RulesetStates
 )
 CommandMessage = KillCommand | WriteCommand | UnitCommand | CommandResult
 AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | UnitCommand | CommandResult

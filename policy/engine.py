@@ -12,17 +12,20 @@
   failure its ruleset is disabled and reported; the engine (and the detector process) go on.
 - On reload, rulesets whose definition did not change keep their state (sliding windows, pauses, pending
   commands); the history of every cgroup carries over.
+- A pause set at run time (D-Bus PauseRuleset) holds a ruleset's actions as post_action_delay does, for every
+  copy of it; its detectors keep running.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from cgroupfs.stats import CgroupStats
-from ipc.messages import CommandResult, KillCommand, Snapshot
+from ipc.messages import CommandResult, KillCommand, RulesetReport, Snapshot
 from policy.compose import effective_rulesets
 from policy.context import History, TickContext
 from policy.model import Policy, Ruleset
@@ -73,7 +76,10 @@ class RulesetState:
     pending: Pending | None = None
     resume_at: int | None = None
     last_fired: str | None = None
+    last_fired_at: float = 0.0  # wall clock of the last tick it began to fire
     firing: bool = False
+    # The last tick's verdicts: for each group, each detector's plugin name and whether it held ("error": raised)
+    verdicts: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     failing_ticks: int = 0
     failed_this_tick: bool = False
     disabled: str | None = None  # why, once a plugin kept failing
@@ -84,6 +90,7 @@ class RulesetState:
 class TickOutcome:
     commands: list[KillCommand] = field(default_factory=list)
     fired: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, group)
+    began: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, group) that did not fire before
     disabled: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, reason), newly disabled
 
 
@@ -146,8 +153,12 @@ class Engine:
         dry_run_source: str,
         protected: frozenset[str],
         previous: Engine | None = None,
+        paused: dict[str, float] | None = None,
     ) -> None:
         self.policy = policy
+        self.paused = dict(paused or {})  # base ruleset name -> monotonic end of a pause set at run time
+        # Fixed per engine, so that a report of the same pause is the same report from tick to tick.
+        self.wall_offset = time.time() - time.monotonic()
         self.generation = generation
         self.dry_run = dry_run
         self.dry_run_source = dry_run_source
@@ -230,6 +241,9 @@ class Engine:
         fired = self._run_detectors(rs, ctx)
         if fired is None and rs.firing:
             log.info("ruleset %r: no longer fires", rs.key)
+        if fired is not None and not rs.firing:
+            out.began.append((rs.key, fired))
+            rs.last_fired_at = time.time()
         rs.firing = fired is not None
         if fired is not None:
             out.fired.append((rs.key, fired))
@@ -239,7 +253,7 @@ class Engine:
             log.warning("ruleset %r: no answer from the actuator for command %s; deciding again",
                         rs.key, rs.pending.command.id)
             rs.pending = None
-        if now < rs.paused_until:
+        if now < rs.paused_until or now < self.paused.get(rs.spec.name, 0.0):
             return self._count_failures(rs, out)
         if rs.resume_at is not None:
             start, rs.resume_at = rs.resume_at, None
@@ -272,11 +286,15 @@ class Engine:
     def _run_detectors(self, rs: RulesetState, ctx: TickContext) -> str | None:
         fired: str | None = None
         rs.failed_this_tick = False
+        verdicts = []
         for name, detectors in rs.groups:
             # No short-circuit: every detector sees every tick. ASYNC_PAUSED from a detector counts as CONTINUE.
             results = [self._guarded(rs, d, lambda d=d: d.run(ctx)) for d in detectors]
             if fired is None and results and all(r in (Ret.CONTINUE, Ret.ASYNC_PAUSED) for r in results):
                 fired = name
+            verdicts.append((name, [(d.name, "error" if r is None else "holds" if r is not Ret.STOP else "no")
+                                    for d, r in zip(detectors, results, strict=True)]))
+        rs.verdicts = verdicts
         return fired
 
     def _run_actions(self, rs: RulesetState, ctx: TickContext, start: int) -> bool:
@@ -327,4 +345,62 @@ class Engine:
 
     def status(self) -> list[tuple[str, bool, float, str | None]]:
         """(ruleset, enabled, paused until (monotonic), last fired group) for each running ruleset."""
-        return [(rs.key, rs.disabled is None, rs.paused_until, rs.last_fired) for rs in self.instances.values()]
+        return [(rs.key, rs.disabled is None, self._paused_until(rs), rs.last_fired) for rs in self.instances.values()]
+
+    def _paused_until(self, rs: RulesetState) -> float:
+        return max(rs.paused_until, self.paused.get(rs.spec.name, 0.0))
+
+    def reports(self, now: float) -> list[RulesetReport]:
+        """Each running ruleset as the D-Bus interface shows it: pauses in wall-clock time, 0 for none."""
+        out = []
+        for rs in self.instances.values():
+            until = self._paused_until(rs)
+            out.append(RulesetReport(name=rs.key, enabled=rs.disabled is None,
+                                     paused_until=round(until + self.wall_offset, 3) if until > now else 0.0,
+                                     last_fired=rs.last_fired_at, last_group=rs.last_fired or ""))
+        return out
+
+    def explain(self, snapshot: Snapshot, now: float) -> list[dict]:
+        """What each ruleset makes of `snapshot` (the last one it ran on): its detectors' verdicts on it, and
+        for each kill action the cgroups it would try now, best first, with the figures that ranked them. Nothing
+        runs that has state: detectors are not run again (that would move their sliding windows)."""
+        wall = time.time()
+        out = []
+        for rs in self.instances.values():
+            ctx = TickContext(
+                snapshot=snapshot, now=now, history=self.history, protected=self.protected,
+                generation=self.generation, dry_run=self.dry_run, dry_run_source=self.dry_run_source,
+                ruleset=rs.key, ruleset_cgroup=rs.ruleset_cgroup,
+            )
+            until = self._paused_until(rs)
+            actions = []
+            for plugin in rs.actions:
+                entry: dict = {"action": plugin.name}
+                rank = getattr(plugin, "ranked_candidates", None)
+                if rank is None:
+                    entry["note"] = "not a kill action: nothing to rank"
+                else:
+                    try:
+                        entry["candidates"] = [
+                            {"cgroup": cg.path, "why": why, "usage": cg.usage, "pressure_full_avg10":
+                             cg.pressure.full_avg10 if cg.pressure is not None else None}
+                            for cg, why in rank(ctx)]
+                    except Exception as e:  # a plugin that raises here raises in the tick too: say so, go on
+                        entry["error"] = f"{type(e).__name__}: {e}"
+                actions.append(entry)
+            out.append({
+                "ruleset": rs.key,
+                "enabled": rs.disabled is None,
+                "disabled_because": rs.disabled,
+                "firing": rs.firing,
+                "firing_group": rs.last_fired if rs.firing else None,
+                "paused_for": round(until - now, 3) if until > now else 0,
+                "waiting_for_actuator": rs.pending is not None,
+                "groups": [{"group": name, "holds": bool(v) and all(r == "holds" for _, r in v),
+                            "detectors": [{"detector": d, "verdict": r} for d, r in v]}
+                           for name, v in rs.verdicts],
+                "actions": actions,
+                "as_of": snapshot.time,
+                "now": wall,
+            })
+        return out

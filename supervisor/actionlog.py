@@ -38,6 +38,27 @@ class ActionLog:
         finally:
             os.close(fd)
 
+    def newest(self, limit: int) -> list[dict]:
+        """The newest `limit` records, oldest first, from this file and the rotated ones before it. A line that
+        does not decode (a torn write, an edit by hand) is left out."""
+        lines: list[bytes] = []
+        for i in range(self.keep + 1):
+            if len(lines) >= limit:
+                break
+            path = self.path if i == 0 else self.path.with_name(f"{self.path.name}.{i}")
+            try:
+                older = path.read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            lines = older[-(limit - len(lines)):] + lines
+        out = []
+        for line in lines:
+            try:
+                out.append(msgspec.json.decode(line))
+            except msgspec.DecodeError:
+                continue
+        return out
+
     def _rotate(self) -> None:
         for i in range(self.keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")

@@ -4,18 +4,23 @@ method, and workers reaped through pidfds and restarted with backoff.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import itertools
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
 
 from cgroupfs import CgroupFS, Layout
-from ipc.build import build_id, source_root
+from ipc import dbusapi
+from ipc.build import VERSION, build_id, source_root
 from ipc.codec import Channel
 from ipc.endpoints import HEARTBEAT_TIMEOUT, Endpoints, control_server
 from ipc.messages import (
@@ -26,26 +31,40 @@ from ipc.messages import (
     PeerRestarted,
     PolicyAck,
     PolicyUpdate,
+    Query,
+    QueryAnswer,
     Refused,
     RulesetDisabled,
+    RulesetFired,
+    RulesetReport,
+    RulesetStates,
     SnapshotEvaluated,
     Stop,
     Welcome,
 )
 from ipc.signalqueue import SignalQueue
+from policy.compose import effective_rulesets
 from policy.loader import PolicyInvalid, load_policy
 from policy.model import Policy
+from supervisor.access import AccessPolicy, group_id
 from supervisor.actionlog import ActionLog
+from supervisor.daemonstate import DaemonState
 from supervisor.dropins import DropInDir
 from supervisor.notify import Notifier
 from supervisor.reloadstatus import ReloadStatus, process_start_time, write_status
+from supervisor.requests import Request, RequestQueue
 from supervisor.workers import WORKER_ORDER, WorkerSlot, WorkerState
+
+if TYPE_CHECKING:
+    from supervisor.dbus_service import BusService
 
 log = logging.getLogger("pyoomd.supervisor")
 
 STOP_TIMEOUT = 3.0  # seconds a worker gets to exit after Stop before it is killed
 WATCHDOG_STALE = 3.0  # seconds without a heartbeat (sent every 1 s) after which a worker counts as hung
 REPEAT_WINDOW = 60.0  # an unchanged non-kill outcome is logged and recorded at most once in this many seconds
+QUERY_TIMEOUT = 5.0  # the detector must answer a D-Bus GetSnapshot or Explain within this
+PUBLISH_INTERVAL = 1.0  # the D-Bus properties are refreshed at least this often (heartbeats), and on every change
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,8 @@ class Options:
     worker_pythonpath: str | None = None  # development: run workers from another source tree
     drop_in_dir: Path | None = None
     systemd_bus: str = "system"
+    bus: str = "system"  # where pyoomd's own D-Bus interface is served: system | session | none | ADDRESS
+    admin_group: str | None = None  # besides root, this group may call the privileged D-Bus methods
 
 
 def describe_changes(old: Policy, new: Policy) -> str:
@@ -106,6 +127,25 @@ class Arbiter:
         self.last_reload: ReloadStatus | None = None  # None until the first SIGHUP: the start-up load is no reload
         self.reloads = 0
         self.last_action: ActionRecord | None = None
+        self.actions_taken = 0
+        self.policy_loaded_at = time.time()
+        # Set at run time over D-Bus; both outlive reloads. Dry-run: (value, source); pauses: name -> wall-clock end.
+        self.runtime_dry_run: tuple[bool, str] | None = None
+        self.runtime_pauses: dict[str, float] = {}
+        self.ruleset_reports: list[RulesetReport] = []  # from the detector
+        self.requests = RequestQueue()
+        self.bus_service: BusService | None = None
+        self.queries: dict[int, tuple[concurrent.futures.Future, float]] = {}  # query id -> (answer, deadline)
+        self.query_ids = itertools.count(1)
+        self.state_dirty = True
+        self.next_publish = 0.0
+        self.request_table = {
+            "reload": self.request_reload,
+            "set-dry-run": self.request_dry_run,
+            "pause": self.request_pause,
+            "snapshot": self.request_query,
+            "explain": self.request_query,
+        }
         self.notifier = Notifier()
         self.next_watchdog = 0.0
         self.disabled_rulesets: dict[str, str] = {}  # ruleset -> why, for status
@@ -144,13 +184,22 @@ class Arbiter:
                  describe_changes(old, new))
         self.distribute()
 
-    def dry_run(self) -> tuple[bool, str]:
-        """Dry-run from any source wins."""
+    def configured_dry_run(self) -> tuple[bool, str]:
+        """Dry-run from the command line or the policy: either one turns it on."""
         if self.options.dry_run:
             return True, "command line"
         if self.policy.dry_run:
             return True, "policy"
         return False, "default"
+
+    def dry_run(self) -> tuple[bool, str]:
+        """A value set at run time (D-Bus), else the configured one."""
+        return self.runtime_dry_run or self.configured_dry_run()
+
+    def active_pauses(self) -> dict[str, float]:
+        now = time.time()
+        self.runtime_pauses = {name: until for name, until in self.runtime_pauses.items() if until > now}
+        return dict(self.runtime_pauses)
 
     def policy_update(self) -> PolicyUpdate:
         dry, source = self.dry_run()
@@ -162,6 +211,7 @@ class Arbiter:
             protected_paths=sorted(self.fs.own_paths(os.getpid())),
             daemon_pid=os.getpid(),
             systemd_bus=self.options.systemd_bus,
+            paused=self.active_pauses(),
         )
 
     def distribute(self) -> None:
@@ -185,10 +235,18 @@ class Arbiter:
             self.begin_stop()
 
     def handle_hup(self) -> None:
+        self.reload_and_notify()
+
+    def reload_and_notify(self) -> list[str]:
+        """A reload as the service manager and D-Bus see it, whatever asked for it (SIGHUP, Reload())."""
         self.notifier.reloading()
-        self.reload()
+        errors = self.reload()
         # READY=1 ends the reload either way: a broken policy leaves the old one running, and the status says so.
         self.notifier.ready(self.status_line())
+        if self.bus_service is not None:
+            self.bus_service.policy_reloaded(not errors)
+        self.state_dirty = True
+        return errors
 
     def status_line(self) -> str:
         dry, _ = self.dry_run()
@@ -221,6 +279,7 @@ class Arbiter:
             return [str(err) for err in e.errors]
         old, self.policy = self.policy, self._with_drop_ins(self._with_overrides(policy))
         self.generation += 1
+        self.policy_loaded_at = time.time()
         log.info("policy %s loaded as generation %d: %s", self.options.config, self.generation,
                  describe_changes(old, self.policy))
         self._record_reload([])
@@ -325,6 +384,14 @@ class Arbiter:
                 self.disabled_rulesets[msg.ruleset] = msg.reason
                 log.critical("ruleset %r disabled by the detector: %s; fix its plugin and reload", msg.ruleset,
                              msg.reason)
+            elif isinstance(msg, RulesetStates):
+                self.ruleset_reports = msg.rulesets
+                self.state_dirty = True
+            elif isinstance(msg, RulesetFired):
+                if self.bus_service is not None:
+                    self.bus_service.ruleset_fired(msg.ruleset, msg.group)
+            elif isinstance(msg, QueryAnswer):
+                self.on_query_answer(msg)
             elif isinstance(msg, SnapshotEvaluated) and not self.evaluated:
                 self.evaluated = True
                 log.info("first snapshot evaluated; pyoomd is protecting this host")
@@ -365,6 +432,10 @@ class Arbiter:
                                                                 f"in the last {REPEAT_WINDOW:.0f}s)".lstrip())
             self.repeats[key] = (now, 0)
         self.last_action = record
+        self.actions_taken += 1
+        self.state_dirty = True
+        if self.bus_service is not None:
+            self.bus_service.action_taken(record)
         pids = ",".join(map(str, record.pids)) or "-"
         log.warning(
             "action: ruleset %r group %r %s %s target=%s pids=%s signal=%s via %s result=%s dry_run=%s (%s) in "
@@ -377,6 +448,129 @@ class Arbiter:
             self.action_log.append(record)
         except OSError as e:
             log.error("could not write %s: %s", self.action_log.path, e)
+
+    # ---- requests from the D-Bus interface ----------------------------------------------------------------------
+
+    def on_requests(self) -> None:
+        for request in self.requests.drain():
+            try:
+                result = self.request_table[request.kind](request)
+            except dbusapi.ServiceError as e:
+                _settle(request.future, error=e)
+                continue
+            if result is not _LATER:
+                _settle(request.future, result)
+
+    def request_reload(self, request: Request) -> tuple[bool, list[str]]:
+        log.info("reload asked for over D-Bus by %s", request.caller.describe())
+        errors = self.reload_and_notify()
+        return not errors, errors
+
+    def request_dry_run(self, request: Request) -> None:
+        (wanted,) = request.args
+        before = self.dry_run()
+        configured = self.configured_dry_run()
+        # Setting what the command line and policy say clears the runtime value: they are in charge again.
+        self.runtime_dry_run = None if wanted == configured[0] else (wanted, f"runtime (uid {request.caller.uid})")
+        after = self.dry_run()
+        if after == before:
+            return None
+        log.warning("dry-run %s (%s), set over D-Bus by %s", "on" if after[0] else "off", after[1],
+                    request.caller.describe())
+        self._new_generation()
+        return None
+
+    def request_pause(self, request: Request) -> None:
+        name, seconds = request.args
+        names = [r.name for r in effective_rulesets(self.policy)]
+        if name not in names:
+            raise dbusapi.ServiceError(dbusapi.NO_SUCH_RULESET, f"no ruleset {name!r}; the policy has "
+                                       + (", ".join(repr(n) for n in names) or "none"))
+        if seconds == 0:
+            if self.runtime_pauses.pop(name, None) is None:
+                return None
+            log.warning("pause of ruleset %r ended over D-Bus by %s", name, request.caller.describe())
+        else:
+            self.runtime_pauses[name] = time.time() + seconds
+            log.warning("ruleset %r paused for %ds over D-Bus by %s", name, seconds, request.caller.describe())
+        self._new_generation()
+        return None
+
+    def _new_generation(self) -> None:
+        """Hand the workers the same policy with new runtime settings (dry-run, pauses)."""
+        self.generation += 1
+        self.state_dirty = True
+        self.distribute()
+
+    def request_query(self, request: Request) -> object:
+        slot = self.slots["detector"]
+        if slot.state is not WorkerState.RUNNING:
+            raise dbusapi.ServiceError(dbusapi.UNAVAILABLE, f"the detector is {slot.state.value}; try again "
+                                       "in a moment")
+        query_id = next(self.query_ids)
+        self.queries[query_id] = (request.future, time.monotonic() + QUERY_TIMEOUT)
+        self._send("detector", Query(id=query_id, what=request.kind))  # type: ignore[arg-type]
+        return _LATER
+
+    def on_query_answer(self, answer: QueryAnswer) -> None:
+        entry = self.queries.pop(answer.id, None)
+        if entry is None:
+            return  # too late: the caller was told it timed out
+        if answer.error:
+            _settle(entry[0], error=dbusapi.ServiceError(dbusapi.UNAVAILABLE, answer.error))
+        else:
+            _settle(entry[0], answer.json)
+
+    def expire_queries(self, now: float) -> None:
+        for query_id, (future, deadline) in list(self.queries.items()):
+            if now >= deadline:
+                del self.queries[query_id]
+                _settle(future, error=dbusapi.ServiceError(
+                    dbusapi.TIMEOUT, f"the detector did not answer within {QUERY_TIMEOUT:g} s"))
+
+    def daemon_state(self) -> DaemonState:
+        dry, source = self.dry_run()
+        wall, mono = time.time(), time.monotonic()
+        if self.ruleset_reports:
+            rulesets = tuple((r.name, r.enabled, r.paused_until, r.last_fired) for r in self.ruleset_reports)
+        else:  # before the detector's first report
+            rulesets = tuple((r.name, True, self.runtime_pauses.get(r.name, 0.0), 0.0)
+                             for r in effective_rulesets(self.policy))
+        workers = tuple((s.name, s.pid or 0, s.state.value, s.restarts,
+                         wall - (mono - s.last_heartbeat) if s.last_heartbeat else 0.0) for s in self.slots.values())
+        reload = self.last_reload
+        return DaemonState(
+            version=VERSION, layout=self.layout.kind, hierarchies=self.layout.controller_map(),
+            policy_path=str(self.options.config), policy_generation=self.generation,
+            policy_loaded_at=self.policy_loaded_at, last_reload_ok=reload.ok if reload else True,
+            last_reload_errors=tuple(reload.errors) if reload else (), dry_run=dry, dry_run_source=source,
+            rulesets=rulesets, workers=workers, actions_taken=self.actions_taken,
+        )
+
+    def start_bus_service(self) -> None:
+        if self.options.bus == "none":
+            log.info("D-Bus interface off (--bus none)")
+            return
+        from supervisor.dbus_service import BusService  # dbus-fast and asyncio only where the interface is on
+
+        try:
+            admin_gid = group_id(self.options.admin_group)
+        except KeyError:
+            log.error("admin group %r does not exist: only root may call the privileged D-Bus methods",
+                      self.options.admin_group)
+            admin_gid = None
+        self.bus_service = BusService(self.options.bus, self.requests, self.action_log,
+                                      AccessPolicy(admin_gid=admin_gid), self.daemon_state())
+        self.bus_service.start()
+
+    def publish(self, now: float) -> float:
+        if self.bus_service is None:
+            return now + 3600
+        if self.state_dirty or now >= self.next_publish:
+            self.bus_service.publish(self.daemon_state())
+            self.state_dirty = False
+            self.next_publish = now + PUBLISH_INTERVAL
+        return self.next_publish
 
     # ---- the loop ------------------------------------------------------------------------------------------------
 
@@ -399,6 +593,8 @@ class Arbiter:
                 if silent > HEARTBEAT_TIMEOUT:
                     log.error("worker %s silent for %.0fs; killing it to restart it", slot.name, silent)
                     slot.signal(signal.SIGKILL)
+        self.expire_queries(now)
+        wake = min(wake, self.publish(now))
         if self.stopping:
             wake = min(wake, max(self.stop_deadline, now + 0.05))
         elif self.evaluated:
@@ -427,12 +623,14 @@ class Arbiter:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.signals.fileno(), zmq.POLLIN)
+        self.poller.register(self.requests.fileno(), zmq.POLLIN)
         if self.drop_in_dir is not None:
             self.drop_in_dir.open()
             self.poller.register(self.drop_in_dir.fd, zmq.POLLIN)
             log.info("watching %s for drop-in policy files (%d apply now)", self.drop_in_dir.path,
                      len(self.policy.drop_ins))
         try:
+            self.start_bus_service()
             for name in WORKER_ORDER:
                 self.start_worker(self.slots[name])
             while not (self.stopping and all(s.pidfd is None for s in self.slots.values())):
@@ -444,6 +642,8 @@ class Arbiter:
                         self.signal_table[signum]()
                 if self.control in events:
                     self.on_control()
+                if self.requests.fileno() in events:
+                    self.on_requests()
                 if self.drop_in_dir is not None and self.drop_in_dir.fd in events:
                     self.on_drop_in_change()
                 for slot in self.slots.values():
@@ -454,8 +654,25 @@ class Arbiter:
                 if slot.pidfd is not None:
                     slot.signal(signal.SIGKILL)
                     slot.reap()
+            if self.bus_service is not None:
+                self.bus_service.close()
+            self.requests.close()
             self.zmq.destroy(linger=0)
             for sock in ("control.sock", "snapshots.sock", "commands.sock"):
                 (self.options.runtime_dir / sock).unlink(missing_ok=True)
         log.info("stopped")
         return self.exit_code
+
+
+_LATER = object()  # a request answered later (by a worker), not by its handler's return value
+
+
+def _settle(future: concurrent.futures.Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete a request's future unless its caller gave up on it meanwhile (its deadline cancelled it)."""
+    if future.done():
+        return
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

@@ -1,9 +1,10 @@
-"""The `pyoomd` command line: `run` the daemon, `check` a policy, `convert` one to pyoomd's YAML, `reload` a
-running daemon."""
+"""The `pyoomd` command line: `run` the daemon, `check` a policy, `convert` one to pyoomd's YAML; and, talking to
+a running daemon over D-Bus, `status`, `dump`, `explain`, `reload`, `dry-run`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--systemd-bus", default="system",
         help="where the service manager is: system (default), session, none, or a D-Bus address",
     )
+    run.add_argument(
+        "--bus", default="system",
+        help="where to serve pyoomd's D-Bus interface io.github.pyoomd1: system (default), session, none, or a "
+             "D-Bus address",
+    )
+    run.add_argument("--admin-group", help="a group whose members may, besides root, call the privileged D-Bus "
+                     "methods (Reload, SetDryRun, PauseRuleset)")
     run.add_argument("--worker-pythonpath", help=argparse.SUPPRESS)  # development: workers from another tree
 
     check = sub.add_parser("check", help="validate a policy file (YAML or oomd JSON); exit 1 with PATH:LINE:COL "
@@ -57,13 +65,41 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--host", action="store_true", help="also report how the policy meets this host now: the "
                       "cgroups each pattern matches, and plugins this cgroup layout cannot serve (warnings)")
 
+    def bus_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bus", default="system", help="the bus the daemon serves: system (default), session, or a "
+                       "D-Bus address")
+
+    status = sub.add_parser("status", help="the running daemon: layout, policy, workers, rulesets, last actions")
+    bus_option(status)
+    status.add_argument("--actions", type=int, default=5, help="how many of the newest action records to show")
+    status.add_argument("--json", action="store_true", help="the properties and records as JSON")
+
+    dump = sub.add_parser("dump", help="what the collector last saw: each watched cgroup's memory and pressure")
+    bus_option(dump)
+    dump.add_argument("--json", action="store_true", help="the snapshot as JSON, as GetSnapshot gives it")
+    dump.add_argument("--local", action="store_true", help="read the cgroups here and now instead of asking the "
+                      "daemon (no daemon needed)")
+    dump.add_argument("--config", type=Path, default=Path("/etc/pyoomd/config.yaml"),
+                      help="with --local: the policy whose cgroups to read")
+
+    explain = sub.add_parser("explain", help="for each ruleset: which detectors hold, what each action would "
+                             "kill now and why")
+    bus_option(explain)
+    explain.add_argument("--json", action="store_true", help="as JSON, as Explain gives it")
+
+    dry = sub.add_parser("dry-run", help="turn the running daemon's dry-run on or off (root)")
+    bus_option(dry)
+    dry.add_argument("state", choices=("on", "off"))
+
     reload = sub.add_parser("reload", help="make the running daemon re-read its policy and wait for the outcome; "
                             "exit 1 when the policy is refused (the running one stays in force)")
+    bus_option(reload)
     reload.add_argument(
-        "--state-dir", type=Path, default=Path("/var/lib/pyoomd"), help="the daemon's state directory"
+        "--state-dir", type=Path, help="instead of D-Bus: signal the daemon of this state directory and wait there "
+        "(what the systemd unit does: it works with no bus at all)"
     )
-    reload.add_argument("--pid", type=int, help="the daemon's PID (systemd's $MAINPID); default: from the state "
-                        "directory")
+    reload.add_argument("--pid", type=int, help="with --state-dir: the daemon's PID (systemd's $MAINPID); default: "
+                        "from the state directory")
     reload.add_argument("--timeout", type=_interval, default=DEFAULT_TIMEOUT, help="seconds to wait for the outcome")
 
     convert = sub.add_parser("convert", help="print a policy (oomd JSON or YAML) as pyoomd's YAML")
@@ -123,20 +159,122 @@ def cmd_convert(path: Path, drop_in: bool = False) -> int:
     return 0
 
 
-def cmd_reload(state_dir: Path, pid: int | None, timeout: float) -> int:
+def cmd_reload(args: argparse.Namespace) -> int:
     """0 when the daemon loaded the policy, 1 when it refused it, 2 when there was no daemon or no answer."""
-    try:
-        status = request_reload(state_dir, pid, timeout)
-    except (ReloadError, OSError) as e:
-        print(f"pyoomd reload: {e}", file=sys.stderr)
-        return 2
-    if status.ok:
-        print(f"policy reloaded: generation {status.generation} in force")
+    if args.state_dir is None and args.pid is None:
+        from supervisor.client import ClientError, DaemonClient
+
+        try:
+            client = DaemonClient(args.bus, timeout=args.timeout)
+            ok, errors = client.call("Reload")
+            generation = client.properties()["PolicyGeneration"]
+        except ClientError as e:
+            print(f"pyoomd reload: {e}", file=sys.stderr)
+            return 2
+    else:
+        try:
+            status = request_reload(args.state_dir or Path("/var/lib/pyoomd"), args.pid, args.timeout)
+        except (ReloadError, OSError) as e:
+            print(f"pyoomd reload: {e}", file=sys.stderr)
+            return 2
+        ok, errors, generation = status.ok, status.errors, status.generation
+    if ok:
+        print(f"policy reloaded: generation {generation} in force")
         return 0
-    for err in status.errors:
+    for err in errors:
         print(err, file=sys.stderr)
-    print(f"pyoomd reload: policy refused; generation {status.generation} stays in force", file=sys.stderr)
+    print(f"pyoomd reload: policy refused; generation {generation} stays in force", file=sys.stderr)
     return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from supervisor.client import ClientError, DaemonClient
+    from supervisor.views import render_status
+
+    try:
+        props, records = DaemonClient(args.bus).status(max(0, args.actions))
+    except ClientError as e:
+        print(f"pyoomd status: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"properties": props, "actions": json.loads(records)}, indent=2))
+    else:
+        print(render_status(props, json.loads(records)))
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    from supervisor.views import render_snapshot
+
+    if args.local:
+        try:
+            snapshot = local_snapshot(args.config)
+        except PolicyInvalid as e:
+            return _print_errors(e)
+        except (LayoutError, OSError) as e:
+            print(f"pyoomd dump: cannot read this host's cgroups: {e}", file=sys.stderr)
+            return 2
+    else:
+        from supervisor.client import ClientError, DaemonClient
+
+        try:
+            snapshot = json.loads(DaemonClient(args.bus).call("GetSnapshot"))
+        except ClientError as e:
+            print(f"pyoomd dump: {e} (pyoomd dump --local reads the cgroups without a daemon)", file=sys.stderr)
+            return 2
+    print(json.dumps(snapshot, indent=2) if args.json else render_snapshot(snapshot))
+    return 0
+
+
+def local_snapshot(config: Path) -> dict:
+    """What the collector would read for this policy, read here and now (no event sources opened)."""
+    import dataclasses
+
+    import msgspec
+
+    from policy.engine import policy_needs
+    from workers.collector import SnapshotTaker
+
+    class _NoEvents:
+        def register(self, fd: int, eventmask: int) -> None: ...
+
+        def unregister(self, fd: int) -> None: ...
+
+    needs = dataclasses.replace(policy_needs(load_policy(config)), pressure_watch=(), usage_watch=(),
+                                trigger_watch=())
+    taker = SnapshotTaker(CgroupFS(detect_layout()), _NoEvents())
+    try:
+        taker.use(needs)
+        return msgspec.to_builtins(taker.take(generation=0))
+    finally:
+        taker.close()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from supervisor.client import ClientError, DaemonClient
+    from supervisor.views import render_explain
+
+    try:
+        explanation = json.loads(DaemonClient(args.bus).call("Explain"))
+    except ClientError as e:
+        print(f"pyoomd explain: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(explanation, indent=2) if args.json else render_explain(explanation))
+    return 0
+
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    from supervisor.client import ClientError, DaemonClient
+
+    client = DaemonClient(args.bus)
+    try:
+        client.call("SetDryRun", args.state == "on")
+        props = client.properties()
+    except ClientError as e:
+        print(f"pyoomd dry-run: {e}", file=sys.stderr)
+        return 2
+    print(f"dry-run {'on' if props['DryRun'] else 'off'} ({props['DryRunSource']})")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -162,6 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         interval=args.interval,
         worker_pythonpath=args.worker_pythonpath,
         systemd_bus=args.systemd_bus,
+        bus=args.bus,
+        admin_group=args.admin_group,
         drop_in_dir=args.drop_in_dir.absolute() if args.drop_in_dir else None,
     )
     from supervisor.selfprotect import protect_self
@@ -177,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_check(args.path, args.drop_in, args.host))
     if args.command == "convert":
         sys.exit(cmd_convert(args.path, args.drop_in))
-    if args.command == "reload":
-        sys.exit(cmd_reload(args.state_dir, args.pid, args.timeout))
+    commands = {"reload": cmd_reload, "status": cmd_status, "dump": cmd_dump, "explain": cmd_explain,
+                "dry-run": cmd_dry_run}
+    if args.command in commands:
+        sys.exit(commands[args.command](args))
     sys.exit(cmd_run(args))

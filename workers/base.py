@@ -101,6 +101,10 @@ class Worker:
     def dropped_frames(self) -> int:
         return self.control_channel.dropped
 
+    def on_control_message(self, msg: Message) -> bool:
+        """A control message only some workers take (the detector's queries); True when handled."""
+        return False
+
     # ---- protocol ----------------------------------------------------------------------------------------------
 
     def send_control(self, message: Message) -> None:
@@ -145,7 +149,7 @@ class Worker:
                 self.stopping = True
             elif isinstance(msg, PeerRestarted):
                 self.on_peer_restarted(msg.worker)
-            elif msg is not None:
+            elif msg is not None and not self.on_control_message(msg):
                 self.log.warning("unexpected %s on the control channel; ignored", type(msg).__name__)
 
     def run(self) -> int:

@@ -9,6 +9,7 @@ import logging
 import time
 from pathlib import Path
 
+import msgspec
 import zmq
 
 from ipc.codec import Channel
@@ -16,8 +17,14 @@ from ipc.endpoints import command_client, snapshot_receiver
 from ipc.messages import (
     CommandMessage,
     CommandResult,
+    Message,
     PolicyUpdate,
+    Query,
+    QueryAnswer,
     RulesetDisabled,
+    RulesetFired,
+    RulesetReport,
+    RulesetStates,
     Snapshot,
     SnapshotEvaluated,
     WriteCommand,
@@ -36,6 +43,8 @@ class Detector(Worker):
         self.commands = command_client(self.zmq, self.endpoints)
         self.command_channel = Channel("detector/commands", CommandMessage)
         self.engine: Engine | None = None
+        self.last_snapshot: Snapshot | None = None  # the one the engine last ran on, for queries
+        self.reported: list[RulesetReport] | None = None  # the ruleset states last sent to the supervisor
         self.evaluated_generation = -1
         self.last_logged: dict[str, tuple[str, float]] = {}
         self.writes_out: dict[str, WriteCommand] = {}  # sent, not yet answered (by id)
@@ -48,7 +57,8 @@ class Detector(Worker):
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         # Rulesets the new policy leaves unchanged keep their state (sliding windows, pauses, commands out);
-        # the rest start afresh.
+        # the rest start afresh. Pauses set at run time come as wall-clock ends; the engine keeps time monotonic.
+        offset = time.monotonic() - time.time()
         self.engine = Engine(
             update.policy,
             generation=update.generation,
@@ -56,7 +66,31 @@ class Detector(Worker):
             dry_run_source=update.dry_run_source,
             protected=frozenset(update.protected_paths),
             previous=self.engine,
+            paused={name: until + offset for name, until in update.paused.items()},
         )
+        self._report(time.monotonic())
+
+    def _report(self, now: float) -> None:
+        """Tell the supervisor the rulesets' states when they changed (fired, paused, disabled, added)."""
+        assert self.engine is not None
+        reports = self.engine.reports(now)
+        if reports != self.reported:
+            self.reported = reports
+            self.send_control(RulesetStates(rulesets=reports))
+
+    def on_control_message(self, msg: Message) -> bool:
+        if not isinstance(msg, Query):
+            return False
+        if self.engine is None or self.last_snapshot is None:
+            self.send_control(QueryAnswer(id=msg.id, error="no snapshot evaluated yet"))
+            return True
+        if msg.what == "snapshot":
+            answer = msgspec.json.encode(self.last_snapshot)
+        else:
+            answer = msgspec.json.encode({"generation": self.engine.generation, "dry_run": self.engine.dry_run,
+                                          "rulesets": self.engine.explain(self.last_snapshot, time.monotonic())})
+        self.send_control(QueryAnswer(id=msg.id, json=answer.decode()))
+        return True
 
     def _on_snapshot(self) -> None:
         try:
@@ -70,6 +104,7 @@ class Detector(Worker):
             return  # read for another policy: it may lack cgroups this one needs
         now = time.monotonic()
         outcome = self.engine.tick(snapshot, now)
+        self.last_snapshot = snapshot
         # Answers that never came (an actuator restarted meanwhile) are forgotten a minute past their deadline.
         self.writes_out = {k: w for k, w in self.writes_out.items() if w.not_after + 60 > now}
         for command in outcome.commands:
@@ -88,6 +123,9 @@ class Detector(Worker):
                 self.engine.abandon(command.id)
         for ruleset, reason in outcome.disabled:
             self.send_control(RulesetDisabled(ruleset=ruleset, reason=reason))
+        for ruleset, group in outcome.began:
+            self.send_control(RulesetFired(ruleset=ruleset, group=group))
+        self._report(now)
         if self.evaluated_generation != self.engine.generation:
             self.evaluated_generation = self.engine.generation
             self.send_control(SnapshotEvaluated(seq=snapshot.seq, generation=snapshot.generation))
@@ -107,6 +145,7 @@ class Detector(Worker):
                 continue
             if not self.engine.on_result(msg, time.monotonic()):
                 logging.getLogger("pyoomd.detector").info("late or unknown result for command %s ignored", msg.id)
+            self._report(time.monotonic())  # a kill's answer starts the ruleset's post_action_delay
 
     def _write_answered(self, write: WriteCommand, result: CommandResult) -> None:
         if result.status in ("written", "dry-run"):
