@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 PREFIX ?= /opt/pyoomd
 UNITDIR ?= /etc/systemd/system
+DBUSDIR ?= /usr/share/dbus-1/system.d
 CONFDIR ?= /etc/pyoomd
 # The notify-reload drop-in needs systemd >= 253; the version of the systemd that will run the unit decides.
 SYSTEMD_VERSION ?= $(shell systemctl --version 2>/dev/null | awk 'NR == 1 { print $$2 + 0 }')
@@ -40,17 +41,18 @@ install: install-units
 	install -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/drop-in.d
 	test -e $(DESTDIR)$(CONFDIR)/config.yaml || install -m 0644 config.yaml $(DESTDIR)$(CONFDIR)/config.yaml
 
-## The unit, and on systemd >= 253 its notify-reload drop-in.
+## The unit (on systemd >= 253 with its notify-reload drop-in) and the bus policy of pyoomd's D-Bus interface.
 install-units:
-	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DBUSDIR)
 	install -m 0644 units/pyoomd.service $(DESTDIR)$(UNITDIR)/pyoomd.service
+	install -m 0644 units/io.github.pyoomd1.conf $(DESTDIR)$(DBUSDIR)/io.github.pyoomd1.conf
 	if [ "$(SYSTEMD_VERSION)" -ge 253 ] 2>/dev/null; then \
 		install -d -m 0755 $(DESTDIR)$(UNITDIR)/pyoomd.service.d && \
 		install -m 0644 units/pyoomd.service.d/notify-reload.conf $(DESTDIR)$(UNITDIR)/pyoomd.service.d/; \
 	else \
 		rm -f $(DESTDIR)$(UNITDIR)/pyoomd.service.d/notify-reload.conf; \
 	fi
-	@echo "installed; then: systemctl daemon-reload && systemctl enable --now pyoomd"
+	@echo "installed; then: systemctl reload dbus; systemctl daemon-reload && systemctl enable --now pyoomd"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

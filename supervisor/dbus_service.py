@@ -9,7 +9,8 @@ must first be judged by its caller's credentials (supervisor/access.py), which t
 answer to a call of our own.
 
 A bus that is missing, refuses the name or breaks never stops the daemon: the thread says so once and tries
-again every RETRY seconds; the rest of pyoomd does not notice.
+again, soon at first (at boot the bus comes up after pyoomd), then every RETRY seconds; the rest of pyoomd does not
+notice.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from supervisor.requests import Request, RequestQueue
 
 log = logging.getLogger("pyoomd.supervisor")
 
-RETRY = 30.0  # seconds between attempts to reach a bus that was not there
+RETRY_FIRST = 1.0  # seconds before trying again to reach a bus that was not there (at boot it comes soon) ...
+RETRY = 30.0  # ... doubling up to this
 REQUEST_TIMEOUT = 10.0  # the loop or a worker must answer a request within this
 LIST_ACTIONS_MAX = 1000
 PROPERTIES = "org.freedesktop.DBus.Properties"
@@ -123,6 +125,7 @@ class BusService:
 
     async def _serve(self) -> None:
         said = ""
+        delay = RETRY_FIRST
         while not self._closed:
             try:
                 bus = await MessageBus(bus_address=self.address).connect()
@@ -134,7 +137,7 @@ class BusService:
                     bus.add_message_handler(self._on_message)
                     self._bus = bus
                     log.info("D-Bus: serving %s at %s on %s", api.BUS_NAME, api.OBJECT_PATH, self.address)
-                    said = ""
+                    said, delay = "", RETRY_FIRST
                     await bus.wait_for_disconnect()
                     self._bus = None
                     self._callers.clear()
@@ -145,10 +148,10 @@ class BusService:
             if self._closed:
                 return
             if problem != said:  # once per distinct problem, not at every retry
-                log.warning("D-Bus: %s; pyoomd goes on without its D-Bus interface and tries again every %.0fs",
-                            problem, RETRY)
+                log.warning("D-Bus: %s; pyoomd goes on without its D-Bus interface and keeps trying", problem)
                 said = problem
-            await asyncio.sleep(RETRY)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY)
 
     def _on_message(self, msg: Message) -> bool:
         if msg.message_type != MessageType.METHOD_CALL:

@@ -33,3 +33,10 @@ def test_every_declared_argument_is_documented():
             assert cls.doc.strip(), f"{cls.name} has no doc"
             for arg in cls.args:
                 assert arg.doc.strip(), f"{cls.name}.{arg.name} has no doc"
+
+
+def test_dbus_reference_is_generated_from_the_interface_table():
+    from supervisor.dbus_docs import render as render_dbus
+
+    committed = (REPO / "docs" / "dbus.md").read_text()
+    assert committed == render_dbus(), "docs/dbus.md is stale: run `python -m supervisor.dbus_docs > docs/dbus.md`"

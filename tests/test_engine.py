@@ -276,3 +276,36 @@ def test_min_growth_ratio_is_a_real_number_not_oomds_truncated_integer():
     slightly = [cg("/p", 1, avg10=90), cg("/p/a", 300), cg("/p/b", 250), cg("/p/c", 290), cg("/p/d", 10)]
     (cmd,) = e.tick(snap(slightly), 21.0).commands
     assert cmd.candidates[0].path == "/p/a"  # /p/c grew x1.12: below 1.25, so size order stands
+
+
+def test_a_runtime_pause_holds_the_actions_and_the_detectors_go_on():
+    yaml = ruleset("""      - name: always
+        all:
+          - test_counting: {key: paused, holds: true}
+""")
+    policy = load_policy_text(yaml, "t.yaml")
+    RUNS.pop("paused", None)
+    e = Engine(policy, generation=1, dry_run=False, dry_run_source="default", protected=frozenset(),
+               paused={"rs": 100.0})
+    out = e.tick(snap([cg("/p", 400), *CHILDREN]), now=1.0)
+    assert out.commands == [] and out.began == [("rs", "always")]  # it fires, but its actions wait
+    assert RUNS["paused"] == 1
+    (report,) = e.reports(now=1.0)
+    assert report.paused_until == pytest.approx(100.0 + e.wall_offset, abs=0.01) and report.last_fired > 0
+    after = e.tick(snap([cg("/p", 400), *CHILDREN], seq=2), now=101.0)
+    assert [c.candidates[0].path for c in after.commands] == ["/p/big"] and after.began == []
+
+
+def test_explain_gives_the_verdicts_and_the_ranking_without_running_anything_again():
+    e = engine_for(ruleset(PRESSURE_GROUP))
+    snapshot = snap([cg("/p", 400, avg10=50), *CHILDREN])
+    e.tick(snapshot, now=1.0)
+    before = e.history
+    (explained,) = e.explain(snapshot, now=1.5)
+    assert explained["ruleset"] == "rs" and explained["firing"] is False  # 2 s duration not yet held
+    assert explained["groups"] == [{"group": "hot", "holds": False,
+                                    "detectors": [{"detector": "pressure_above", "verdict": "no"}]}]
+    (action,) = explained["actions"]
+    assert [c["cgroup"] for c in action["candidates"]] == ["/p/big", "/p/small"]
+    assert "300 MB" in action["candidates"][0]["why"]
+    assert e.history is before and e.tick(snapshot, now=3.5).commands  # the windows were not disturbed

@@ -60,6 +60,8 @@ def test_make_install_lays_out_venv_unit_and_config(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "opt/pyoomd/bin/pyoomd").exists()
     assert (tmp_path / "etc/systemd/system/pyoomd.service").read_text() == UNIT.read_text()
+    bus_policy = tmp_path / "usr/share/dbus-1/system.d/io.github.pyoomd1.conf"
+    assert bus_policy.read_text() == (REPO / "units" / "io.github.pyoomd1.conf").read_text()
     assert (tmp_path / "etc/pyoomd/config.yaml").exists() and (tmp_path / "etc/pyoomd/drop-in.d").is_dir()
     check = subprocess.run([str(tmp_path / "opt/pyoomd/bin/pyoomd"), "check", str(tmp_path / "etc/pyoomd/config.yaml")],
                            capture_output=True, text=True)
