@@ -11,7 +11,7 @@ CONFDIR ?= /etc/pyoomd
 # The notify-reload drop-in needs systemd >= 253; the version of the systemd that will run the unit decides.
 SYSTEMD_VERSION ?= $(shell systemctl --version 2>/dev/null | awk 'NR == 1 { print $$2 + 0 }')
 
-.PHONY: run test lint unit real clean install install-units
+.PHONY: run test lint unit real clean install install-units user
 
 $(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,18 @@ $(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(BIN)/pip install --quiet -e examples/plugins
 	touch $(STAMP)
 
+## The unprivileged user the collector and detector run as (pyoomd run --user); only root can add it.
+user:
+	@if [ "$$(id -u)" = 0 ] && ! id -u pyoomd >/dev/null 2>&1; then \
+		useradd --system --user-group --no-create-home --home-dir / --shell /usr/sbin/nologin \
+			--comment "pyoomd workers" pyoomd && echo "added system user pyoomd"; fi
+
 ## Start the daemon in the foreground with the shipped policy (root: it reads and kills in real cgroups).
-run: $(STAMP)
+run: $(STAMP) user
 	$(BIN)/pyoomd run --config config.yaml
 
 ## Set up and run every test: lint, unit tests on fixture trees, real tests on this host's cgroups.
-test: $(STAMP)
+test: $(STAMP) user
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -v -rfEs tests
 
@@ -35,7 +41,7 @@ lint: $(STAMP)
 
 ## Install into its own virtual environment (its top-level packages never meet another distribution's), with
 ## the systemd unit and, if none is there yet, the shipped policy.
-install: install-units
+install: install-units user
 	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet .
 	install -d -m 0755 $(DESTDIR)$(CONFDIR) $(DESTDIR)$(CONFDIR)/drop-in.d

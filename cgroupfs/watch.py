@@ -8,13 +8,17 @@ Usage: where a policy asks "is this cgroup above N bytes", a v1 memory cgroup ca
 
 Counts are cumulative and ride in every snapshot, so a conflated channel that drops a snapshot can never drop
 an event: the next snapshot carries it.
+
+Sources are opened through a SourceOpener: here and now (LocalOpener), or, for an unprivileged collector, by
+the supervisor, which hands the descriptors over (workers/collector.py, supervisor/broker.py).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 
 from cgroupfs.events import EventSource, open_psi_trigger, open_usage_threshold, open_vmpressure
 from cgroupfs.tree import CgroupFS
@@ -47,6 +51,29 @@ def trigger_key(resource: str, kind: str, stall_us: int, window_us: int) -> str:
     return f"{resource} {kind} {stall_us}/{window_us}"
 
 
+class SourceOpener(Protocol):
+    """What opens event sources; each method raises OSError (or ValueError) as cgroupfs.events does."""
+
+    def psi_trigger(self, pressure_file: Path, kind: str, stall_us: int, window_us: int) -> EventSource: ...
+
+    def vmpressure(self, memory_dir: Path, level: str, mode: str) -> EventSource: ...
+
+    def usage_threshold(self, memory_dir: Path, threshold: int) -> EventSource: ...
+
+
+class LocalOpener:
+    """Opens sources in this process, with its own privileges."""
+
+    def psi_trigger(self, pressure_file: Path, kind: str, stall_us: int, window_us: int) -> EventSource:
+        return open_psi_trigger(pressure_file, kind, stall_us, window_us)
+
+    def vmpressure(self, memory_dir: Path, level: str, mode: str) -> EventSource:
+        return open_vmpressure(memory_dir, level, mode)
+
+    def usage_threshold(self, memory_dir: Path, threshold: int) -> EventSource:
+        return open_usage_threshold(memory_dir, threshold)
+
+
 @dataclass
 class EventCounts:
     pressure_events: int | None = None  # PSI trigger firings
@@ -67,6 +94,7 @@ class _Watched:
 @dataclass
 class EventWatch:
     fs: CgroupFS
+    opener: SourceOpener = field(default_factory=LocalOpener)
     watched: dict[tuple[str, WatchKind], _Watched] = field(default_factory=dict)
     counts: dict[str, EventCounts] = field(default_factory=dict)
     _noted: set[str] = field(default_factory=set)
@@ -114,23 +142,23 @@ class EventWatch:
                 psi = self.fs.pressure_file(path, param.resource)
                 if psi is None:
                     return None  # no PSI of its own here: `pyoomd check --host` says so
-                source: EventSource = open_psi_trigger(psi, param.kind, param.stall_us, param.window_us)
+                source: EventSource = self.opener.psi_trigger(psi, param.kind, param.stall_us, param.window_us)
                 mechanism = "trigger"
             elif kind == "usage":
                 memory_dir = self.fs.v1_memory_dir(path)
                 if memory_dir is None:
                     return None  # cgroup2 has no usage notification: the tick reads memory.current
-                source = open_usage_threshold(memory_dir, max(1, int(param)))
+                source = self.opener.usage_threshold(memory_dir, max(1, int(param)))
                 mechanism = "usage threshold"
             elif (psi_file := self.fs.pressure_file(path)) is not None:
                 stall = max(1, int(WINDOW_US * min(max(float(param), 0.1), 100.0) / 100))
-                source = open_psi_trigger(psi_file, "some", stall, WINDOW_US)
+                source = self.opener.psi_trigger(psi_file, "some", stall, WINDOW_US)
                 mechanism = "psi"
             else:
                 memory_dir = self.fs.v1_memory_dir(path)
                 if memory_dir is None:
                     return None  # nothing to wait on: the tick will do
-                source = open_vmpressure(memory_dir, VMPRESSURE_LEVEL, "hierarchy")
+                source = self.opener.vmpressure(memory_dir, VMPRESSURE_LEVEL, "hierarchy")
                 mechanism = "vmpressure"
         except FileNotFoundError:
             return None  # gone since it was resolved

@@ -247,6 +247,48 @@ class ActionRecord(Message, tag="action"):
     unit: str = ""  # the systemd unit acted on through the manager, when one was
 
 
+# ---- the broker: collector <-> supervisor, over a socketpair of their own (SOCK_SEQPACKET, SCM_RIGHTS) ---------
+# The unprivileged collector cannot register what only root may (a cgroup's PSI trigger, v1 cgroup.event_control)
+# nor read trusted.* xattrs: it asks the supervisor, which checks the request and answers with descriptors.
+
+
+class OpenSource(Message, tag="open-source"):
+    id: int
+    mechanism: Literal["psi", "vmpressure", "usage"]
+    path: str  # psi: the pressure file; vmpressure, usage: the v1 memory cgroup directory
+    stall_kind: str = ""  # psi: "some" | "full"
+    stall_us: int = 0
+    window_us: int = 0
+    level: str = ""  # vmpressure
+    mode: str = ""
+    threshold: int = 0  # usage, bytes
+
+
+class SourceOpened(Message, tag="source-opened"):
+    """The answer; the descriptors (the source's fds(), in order) travel with it as SCM_RIGHTS."""
+
+    id: int
+    source_kind: str = ""  # the source's kind, for cgroupfs.events.adopt
+    description: str = ""
+    note: str = ""
+    error: str = ""  # why it was not opened; then no descriptor comes
+    errno: int = 0
+
+
+class ReadXattrs(Message, tag="read-xattrs"):
+    id: int
+    paths: list[str]  # cgroup paths ("/a/b"), as in the snapshot
+
+
+class XattrValues(Message, tag="xattr-values"):
+    id: int
+    values: dict[str, dict[str, str]]  # path -> trusted.* name -> value, for the paths that have any
+
+
+BrokerRequest = OpenSource | ReadXattrs
+BrokerAnswer = SourceOpened | XattrValues
+
+
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
     | RulesetDisabled | PeerRestarted | Query | QueryAnswer | RulesetFired | RulesetStates

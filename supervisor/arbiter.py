@@ -19,7 +19,7 @@ import msgspec
 import zmq
 
 from cgroupfs import CgroupFS, Layout
-from ipc import dbusapi
+from ipc import dbusapi, fdchannel
 from ipc.build import VERSION, build_id, source_root
 from ipc.codec import Channel
 from ipc.endpoints import HEARTBEAT_TIMEOUT, Endpoints, control_server
@@ -43,17 +43,19 @@ from ipc.messages import (
     Welcome,
 )
 from ipc.signalqueue import SignalQueue
+from ipc.zap import ZapHandler
 from policy.compose import effective_rulesets
 from policy.loader import PolicyInvalid, load_policy
 from policy.model import Policy
 from supervisor.access import AccessPolicy, group_id
 from supervisor.actionlog import ActionLog
+from supervisor.broker import SourceBroker
 from supervisor.daemonstate import DaemonState
 from supervisor.dropins import DropInDir
 from supervisor.notify import Notifier
 from supervisor.reloadstatus import ReloadStatus, process_start_time, write_status
 from supervisor.requests import Request, RequestQueue
-from supervisor.workers import WORKER_ORDER, WorkerSlot, WorkerState
+from supervisor.workers import UNPRIVILEGED, WORKER_ORDER, WorkerSlot, WorkerState, worker_identity
 
 if TYPE_CHECKING:
     from supervisor.dbus_service import BusService
@@ -78,6 +80,7 @@ class Options:
     drop_in_dir: Path | None = None
     systemd_bus: str = "system"
     bus: str = "system"  # where pyoomd's own D-Bus interface is served: system | session | none | ADDRESS
+    user: str | None = "pyoomd"  # the collector and detector run as this user (when started as root)
     admin_group: str | None = None  # besides root, this group may call the privileged D-Bus methods
 
 
@@ -119,6 +122,7 @@ class Arbiter:
         self.drop_in_dir = DropInDir(options.drop_in_dir) if options.drop_in_dir else None
         self.policy = self._with_drop_ins(self._with_overrides(policy))
         self.generation = 1
+        self.worker_user = worker_identity(options.user)
         self.slots = {name: WorkerSlot(name) for name in WORKER_ORDER}
         self.stopping = False
         self.stop_deadline = 0.0
@@ -135,6 +139,7 @@ class Arbiter:
         self.ruleset_reports: list[RulesetReport] = []  # from the detector
         self.requests = RequestQueue()
         self.bus_service: BusService | None = None
+        self.broker: SourceBroker | None = None  # the collector's, while it runs unprivileged
         self.queries: dict[int, tuple[concurrent.futures.Future, float]] = {}  # query id -> (answer, deadline)
         self.query_ids = itertools.count(1)
         self.state_dirty = True
@@ -308,8 +313,27 @@ class Arbiter:
         return self.options.worker_pythonpath or str(source_root())
 
     def start_worker(self, slot: WorkerSlot) -> None:
-        slot.spawn(self.options.runtime_dir, self.options.state_dir, self._pythonpath())
+        drop_to = self.worker_user if slot.name in UNPRIVILEGED else None
+        theirs = None
+        if slot.name == "collector" and drop_to is not None:
+            # A fresh socketpair for each collector: only that process holds the other end.
+            self.close_broker()
+            ours, theirs = fdchannel.pair()
+            self.broker = SourceBroker(self.fs, ours)
+            self.poller.register(self.broker.fileno(), zmq.POLLIN)
+        try:
+            slot.spawn(self.options.runtime_dir, self.options.state_dir, self._pythonpath(), drop_to,
+                       broker_fd=theirs.fileno() if theirs is not None else None)
+        finally:
+            if theirs is not None:
+                theirs.close()
         self.poller.register(slot.pidfd, zmq.POLLIN)
+
+    def close_broker(self) -> None:
+        if self.broker is not None:
+            self.poller.unregister(self.broker.fileno())
+            self.broker.close()
+            self.broker = None
 
     def on_exit(self, slot: WorkerSlot) -> None:
         assert slot.pidfd is not None
@@ -607,7 +631,14 @@ class Arbiter:
         return wake
 
     def run(self) -> int:
-        self.endpoints.prepare()
+        if self.worker_user is not None:
+            blocked = self.endpoints.unreachable_by(self.worker_user.uid, self.worker_user.gid)
+            if blocked is not None:
+                log.critical("the runtime directory %s is out of reach of user %s: %s may not be searched by it "
+                             "(mode %o); put it under /run (the default), or pass --user root",
+                             self.options.runtime_dir, self.options.user, blocked, blocked.stat().st_mode & 0o7777)
+                return 1
+        self.endpoints.prepare(self.worker_user.gid if self.worker_user else None)
         self._record_reload([])  # sequence 0: the policy loaded at start; `pyoomd reload` waits for a later one
         log.info("%s", self.layout.describe())
         dry, source = self.dry_run()
@@ -617,11 +648,13 @@ class Arbiter:
             "on" if dry else "off", source,
         )
         self.zmq = zmq.Context()
+        self.zap = ZapHandler(self.zmq, os.getpid())  # before the first bind: it decides who may connect
         self.control = control_server(self.zmq, self.endpoints)
         self.channel = Channel("supervisor/control", ControlMessage)
         self.signals = SignalQueue(list(self.SIGNALS))
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.zap.socket, zmq.POLLIN)
         self.poller.register(self.signals.fileno(), zmq.POLLIN)
         self.poller.register(self.requests.fileno(), zmq.POLLIN)
         if self.drop_in_dir is not None:
@@ -640,10 +673,14 @@ class Arbiter:
                 if self.signals.fileno() in events:
                     for signum in self.signals.drain():
                         self.signal_table[signum]()
+                if self.zap.socket in events:
+                    self.zap.handle()
                 if self.control in events:
                     self.on_control()
                 if self.requests.fileno() in events:
                     self.on_requests()
+                if self.broker is not None and self.broker.fileno() in events and not self.broker.on_readable():
+                    self.close_broker()  # the collector exited; its successor gets a pair of its own
                 if self.drop_in_dir is not None and self.drop_in_dir.fd in events:
                     self.on_drop_in_change()
                 for slot in self.slots.values():
@@ -656,10 +693,10 @@ class Arbiter:
                     slot.reap()
             if self.bus_service is not None:
                 self.bus_service.close()
+            self.close_broker()
             self.requests.close()
             self.zmq.destroy(linger=0)
-            for sock in ("control.sock", "snapshots.sock", "commands.sock"):
-                (self.options.runtime_dir / sock).unlink(missing_ok=True)
+            self.endpoints.remove_sockets()
         log.info("stopped")
         return self.exit_code
 

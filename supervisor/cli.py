@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to serve pyoomd's D-Bus interface io.github.pyoomd1: system (default), session, none, or a "
              "D-Bus address",
     )
+    run.add_argument("--user", default="pyoomd", help="the unprivileged user the collector and detector run as, "
+                     "when pyoomd is started as root (default: pyoomd; 'root' keeps them root)")
     run.add_argument("--admin-group", help="a group whose members may, besides root, call the privileged D-Bus "
                      "methods (Reload, SetDryRun, PauseRuleset)")
     run.add_argument("--worker-pythonpath", help=argparse.SUPPRESS)  # development: workers from another tree
@@ -301,6 +303,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker_pythonpath=args.worker_pythonpath,
         systemd_bus=args.systemd_bus,
         bus=args.bus,
+        user=args.user,
         admin_group=args.admin_group,
         drop_in_dir=args.drop_in_dir.absolute() if args.drop_in_dir else None,
     )

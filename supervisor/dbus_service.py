@@ -93,6 +93,11 @@ class BusService:
         async def disconnect() -> None:
             if self._bus is not None:
                 self._bus.disconnect()
+            # Every task of ours ends here, not with the loop: a task still pending at exit is logged as an error.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(disconnect(), self._loop).result(2.0)

@@ -12,6 +12,7 @@ import contextlib
 import enum
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -21,16 +22,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from supervisor.notify import NOTIFY_ENV
+from workers.privilege import Identity
 
 log = logging.getLogger("pyoomd.supervisor")
 
 # Policy reaches the actuator first, so it never receives a command decided under a policy it lacks.
 WORKER_ORDER = ("actuator", "detector", "collector")
+# These parse what the host and the policy give them and never need to act: they run as the unprivileged user.
+UNPRIVILEGED = ("collector", "detector")
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 CRASH_WINDOW = 60.0
 CRASHES_BEFORE_FATAL = 5
+
+
+def worker_identity(user: str | None) -> Identity | None:
+    """The uid and gid the unprivileged workers become, or None when they stay as they are: pyoomd not started as
+    root, no user configured, or a user that does not exist (said loudly: the separation is then lost)."""
+    if os.geteuid() != 0 or not user or user == "root":
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        log.critical("user %r does not exist (make install creates it): the collector and detector run as root, so "
+                     "a bug in parsing or in the policy engine is not kept from signalling processes", user)
+        return None
+    if entry.pw_uid == 0:
+        return None
+    return Identity(entry.pw_uid, entry.pw_gid)
 
 
 class WorkerState(enum.Enum):
@@ -72,7 +92,8 @@ class WorkerSlot:
         )
         self.state = new
 
-    def spawn(self, runtime_dir: Path, state_dir: Path, pythonpath: str) -> None:
+    def spawn(self, runtime_dir: Path, state_dir: Path, pythonpath: str, drop_to: Identity | None = None,
+              broker_fd: int | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k not in NOTIFY_ENV}
         env["PYTHONPATH"] = pythonpath + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -80,11 +101,14 @@ class WorkerSlot:
         # directory the daemon happened to be started in.
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", f"workers.{self.name}", "--runtime-dir", str(runtime_dir),
-             "--state-dir", str(state_dir), "--supervisor-pid", str(os.getpid())],
+             "--state-dir", str(state_dir), "--supervisor-pid", str(os.getpid()),
+             *(["--drop-to", str(drop_to)] if drop_to else []),
+             *(["--broker-fd", str(broker_fd)] if broker_fd is not None else [])],
             cwd="/",
             env=env,
             stdin=subprocess.DEVNULL,
             close_fds=True,
+            pass_fds=(broker_fd,) if broker_fd is not None else (),
         )
         self.pidfd = os.pidfd_open(self.proc.pid)
         self.started_at = self.last_heartbeat = time.monotonic()

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,12 @@ def systemd_user_manager() -> Iterator[UserManager]:
     """A real systemd user manager in its own cgroup (tests/systemd_manager.py), torn down at the session's end."""
     with user_manager() as manager:
         yield manager
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_user() -> None:
+    """The unprivileged user the collector and detector drop to, as `make test` and `make install` add it, so every
+    real test runs them as they run in production (as root they would only warn)."""
+    if os.geteuid() == 0:
+        subprocess.run(["make", "-s", "user"], cwd=Path(__file__).resolve().parent.parent, check=True, timeout=60)

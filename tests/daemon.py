@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -22,7 +24,9 @@ class Daemon:
         self.tmp = tmp
         self.config = tmp / "policy.yaml"
         self.config.write_text(policy)
-        self.runtime_dir = tmp / "run"
+        # The unprivileged workers must reach their sockets: not under pytest's 0700 directories, as in /run.
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="pyoomd-run-", dir="/tmp"))
+        self.runtime_dir.chmod(0o755)
         self.state_dir = tmp / "state"
         self.stderr_path = tmp / "pyoomd.stderr"
         self.argv = [
@@ -30,6 +34,7 @@ class Daemon:
             "--runtime-dir", str(self.runtime_dir), "--state-dir", str(self.state_dir), *extra,
         ]
         self.proc: subprocess.Popen | None = None
+        self.sockets_left: list[str] = []
 
     def start(self) -> Daemon:
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -43,7 +48,10 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        return wait_for(lambda: re.search(pattern, self.log, re.MULTILINE), timeout, f"/{pattern}/ in\n{self.log}")
+        try:
+            return wait_for(lambda: re.search(pattern, self.log, re.MULTILINE), timeout, f"/{pattern}/")
+        except AssertionError as e:
+            raise AssertionError(f"{e} in the log:\n{self.log}") from None
 
     def worker_pids(self) -> dict[str, int]:
         assert self.proc is not None
@@ -75,4 +83,6 @@ class Daemon:
             stray = [pid for pid in workers if psutil.pid_exists(pid) and
                      psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
             assert not stray, f"workers left behind: {stray}"
+        self.sockets_left = sorted(str(p) for p in self.runtime_dir.rglob("*.sock"))
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
         return self.proc.returncode

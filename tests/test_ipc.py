@@ -58,6 +58,7 @@ def test_snapshot_channel_keeps_only_the_newest(tmp_path):
     ctx = zmq.Context()
     try:
         ep = Endpoints(tmp_path)
+        ep.prepare()
         rx = snapshot_receiver(ctx, ep)
         tx = snapshot_sender(ctx, ep)
         for i in range(10):
@@ -68,5 +69,34 @@ def test_snapshot_channel_keeps_only_the_newest(tmp_path):
             frames.append(rx.recv())
         assert frames[-1] == b"9"
         assert len(frames) <= 2  # conflated: at most one in each end's queue
+    finally:
+        ctx.destroy(linger=0)
+
+
+@pytest.mark.parametrize("admitted", [True, False])
+def test_zap_admits_the_supervisor_and_its_children_only(tmp_path, admitted):
+    """This process plays the peer: admitted as "the supervisor", refused when the supervisor is PID 1."""
+    import os
+
+    from ipc.zap import ZapHandler
+
+    ctx = zmq.Context()
+    try:
+        zap = ZapHandler(ctx, supervisor_pid=os.getpid() if admitted else 1)
+        ep = Endpoints(tmp_path)
+        ep.prepare()
+        rx = snapshot_receiver(ctx, ep)
+        assert oct((tmp_path / "ipc" / "snapshots.sock").stat().st_mode & 0o777) == "0o660"
+        tx = snapshot_sender(ctx, ep)
+        tx.send(b"hello")
+        got = None
+        for _ in range(50):
+            if zap.socket.poll(100):
+                zap.handle()
+            if rx.poll(0):
+                got = rx.recv()
+                break
+        assert (got == b"hello") is admitted
+        assert (zap.refused == 0) is admitted
     finally:
         ctx.destroy(linger=0)

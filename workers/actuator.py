@@ -48,7 +48,7 @@ from policy.compose import effective_rulesets
 from policy.engine import ruleset_options
 from policy.paths import is_protected, matches_any
 from policy.plugins import Plugin, build_plugin
-from workers.base import Worker, main
+from workers.base import Worker, WorkerArgs, main
 from workers.systemd import ErrorKind, SystemdBus, UnitInfo, unit_name_from_cgroup
 
 log = logging.getLogger("pyoomd.actuator")
@@ -565,9 +565,9 @@ class CommandExecutor:
 class Actuator(Worker):
     name = "actuator"
 
-    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
-        super().__init__(runtime_dir, state_dir)
-        intent_dir = state_dir / "freeze-intents"
+    def __init__(self, args: WorkerArgs) -> None:
+        super().__init__(args)
+        intent_dir = args.state_dir / "freeze-intents"
         intent_dir.mkdir(parents=True, exist_ok=True)
         # A previous actuator may have died with a cgroup frozen: thaw it before anything else.
         for thawed in recover_intents(intent_dir):

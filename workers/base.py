@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,8 +37,11 @@ from ipc.messages import (
     WorkerName,
 )
 from ipc.signalqueue import SignalQueue
+from ipc.zap import ZapHandler
+from policy.plugins.registry import load_entry_points
 from supervisor.logsetup import setup_logging
 from supervisor.selfprotect import protect_self
+from workers.privilege import Identity, PrivilegeError, drop_to
 
 EXIT_REFUSED = 78  # EX_CONFIG: the supervisor will not run this worker; restarting it cannot help
 HELLO_TIMEOUT = 10.0
@@ -51,14 +55,26 @@ def die_with_parent(expected_parent: int) -> None:
         sys.exit(1)
 
 
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What the supervisor tells a worker on its command line."""
+
+    runtime_dir: Path
+    state_dir: Path
+    supervisor_pid: int
+    broker_fd: int | None = None  # the collector's end of its socketpair to the supervisor's broker
+
+
 class Worker:
     name: ClassVar[WorkerName]
 
-    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
+    def __init__(self, args: WorkerArgs) -> None:
         self.log = logging.getLogger(f"pyoomd.{self.name}")
-        self.state_dir = state_dir
-        self.endpoints = Endpoints(runtime_dir)
+        self.state_dir = args.state_dir
+        self.endpoints = Endpoints(args.runtime_dir)
         self.zmq = zmq.Context()
+        # Before any socket binds: it admits only the supervisor and its children.
+        self.zap = ZapHandler(self.zmq, args.supervisor_pid)
         self.control = control_client(self.zmq, self.endpoints, self.name)
         self.control_channel = Channel(f"{self.name}/control", ControlMessage)
         self.signals = SignalQueue([signal.SIGTERM])
@@ -66,6 +82,7 @@ class Worker:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.signals.fileno(), zmq.POLLIN)
+        self.poller.register(self.zap.socket, zmq.POLLIN)
         self.handlers: dict[zmq.Socket, Callable[[], None]] = {}
         self.fd_handlers: dict[int, Callable[[int, int], None]] = {}
         self.update: PolicyUpdate | None = None
@@ -165,6 +182,8 @@ class Worker:
             if self.signals.fileno() in events and self.signals.drain():
                 self.stopping = True
                 break
+            if self.zap.socket in events:
+                self.zap.handle()
             if self.control in events:
                 self._on_control()
             for sock, handler in self.handlers.items():
@@ -184,9 +203,23 @@ def main(worker_cls: type[Worker]) -> None:
     parser.add_argument("--runtime-dir", type=Path, required=True)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--supervisor-pid", type=int, required=True)
+    parser.add_argument("--drop-to", type=Identity.parse, help="UID:GID to become before reading anything")
+    parser.add_argument("--broker-fd", type=int, help="the socket to the supervisor's broker (collector)")
     args = parser.parse_args()
     die_with_parent(args.supervisor_pid)
     setup_logging(worker_cls.name)
-    if worker_cls.name in ("detector", "actuator", "collector"):
-        protect_self(logging.getLogger(f"pyoomd.{worker_cls.name}"), oom_score=False)
-    sys.exit(worker_cls(args.runtime_dir, args.state_dir).run())
+    log = logging.getLogger(f"pyoomd.{worker_cls.name}")
+    protect_self(log, oom_score=False)  # locks memory while that still needs no capability but CAP_IPC_LOCK
+    if args.drop_to is not None:
+        # Everything is imported (the plugins too: the interpreter and other packages may live where the
+        # unprivileged user cannot read, as under /root here); no thread exists yet (the zmq context comes after),
+        # so the drop covers the whole process; nothing untrusted has been read.
+        load_entry_points()
+        try:
+            drop_to(args.drop_to, args.supervisor_pid)
+        except PrivilegeError as e:
+            log.critical("cannot drop privileges to %s: %s; not running as root instead", args.drop_to, e)
+            sys.exit(1)
+        log.info("running as %s with CAP_IPC_LOCK alone", args.drop_to)
+    sys.exit(worker_cls(WorkerArgs(runtime_dir=args.runtime_dir, state_dir=args.state_dir,
+                                   supervisor_pid=args.supervisor_pid, broker_fd=args.broker_fd)).run())

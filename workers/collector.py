@@ -9,21 +9,22 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
 import zmq
 
 from cgroupfs import CgroupFS, CgroupStats, detect_layout
-from cgroupfs.watch import EventWatch, TriggerSpec, WatchKind
+from cgroupfs.watch import EventWatch, LocalOpener, SourceOpener, TriggerSpec, WatchKind
 from ipc.codec import Channel
 from ipc.endpoints import snapshot_sender
 from ipc.messages import PolicyUpdate, Snapshot
 from policy.engine import policy_needs
 from policy.paths import matches
 from policy.plugins import Needs
-from workers.base import Worker, main
+from workers.base import Worker, WorkerArgs, main
+from workers.brokered import Broker
 
 # After an event, the next snapshot goes out at once, but no sooner than this after the previous one: v1
 # vmpressure fires a hundred times a second on a thrashing cgroup, and each snapshot reads every cgroup.
@@ -44,11 +45,14 @@ class SnapshotTaker:
     Event descriptors must be polled directly by the one poll that waits, never through a nested epoll: polling
     a PSI trigger clears its event, so an outer poll of an epoll set would swallow it."""
 
-    def __init__(self, fs: CgroupFS, registrar: Registrar) -> None:
+    def __init__(self, fs: CgroupFS, registrar: Registrar, opener: SourceOpener | None = None,
+                 trusted_xattrs: Callable[[list[str]], dict[str, dict[str, str]]] | None = None) -> None:
         self.fs = fs
         self.registrar = registrar
         self.needs = Needs()
-        self.watch = EventWatch(fs)
+        self.watch = EventWatch(fs, opener or LocalOpener())
+        # Unprivileged, trusted.* xattrs are invisible here: the supervisor reads them (workers/brokered.py).
+        self.trusted_xattrs = trusted_xattrs
         self.seq = 0
 
     def use(self, needs: Needs) -> None:
@@ -75,6 +79,10 @@ class SnapshotTaker:
                 stats = self.fs.read_stats(path, fields, host)
                 if stats is not None:
                     cgroups.append(self._with_events(stats))
+        if self.trusted_xattrs is not None and "xattrs" in fields and cgroups:
+            trusted = self.trusted_xattrs([cg.path for cg in cgroups])
+            cgroups = [msgspec.structs.replace(cg, xattrs={**(cg.xattrs or {}), **trusted[cg.path]})
+                       if cg.path in trusted else cg for cg in cgroups]
         self.seq += 1
         return Snapshot(
             seq=self.seq, generation=generation, time=time.time(), monotonic=time.monotonic(), host=host,
@@ -139,9 +147,12 @@ def _convert(mask: int, table: dict[int, int]) -> int:
 class Collector(Worker):
     name = "collector"
 
-    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
-        super().__init__(runtime_dir, state_dir)
-        self.taker = SnapshotTaker(CgroupFS(detect_layout()), self)
+    def __init__(self, args: WorkerArgs) -> None:
+        super().__init__(args)
+        # Unprivileged, it asks the supervisor for what only root may open or read; as root it does it itself.
+        broker = Broker(args.broker_fd) if args.broker_fd is not None else None
+        self.taker = SnapshotTaker(CgroupFS(detect_layout()), self, opener=broker,
+                                   trusted_xattrs=broker.trusted_xattrs if broker else None)
         self.snapshots = snapshot_sender(self.zmq, self.endpoints)
         self.snapshot_channel = Channel("collector/snapshots", Snapshot)
         self.next_tick = 0.0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import msgspec
 import zmq
@@ -30,14 +29,14 @@ from ipc.messages import (
     WriteCommand,
 )
 from policy.engine import Engine
-from workers.base import Worker, main
+from workers.base import Worker, WorkerArgs, main
 
 
 class Detector(Worker):
     name = "detector"
 
-    def __init__(self, runtime_dir: Path, state_dir: Path) -> None:
-        super().__init__(runtime_dir, state_dir)
+    def __init__(self, args: WorkerArgs) -> None:
+        super().__init__(args)
         self.snapshots = snapshot_receiver(self.zmq, self.endpoints)
         self.snapshot_channel = Channel("detector/snapshots", Snapshot)
         self.commands = command_client(self.zmq, self.endpoints)
