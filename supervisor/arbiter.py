@@ -45,7 +45,7 @@ from ipc.messages import (
 from ipc.signalqueue import SignalQueue
 from ipc.zap import ZapHandler
 from policy.compose import effective_rulesets
-from policy.loader import PolicyInvalid, load_policy
+from policy.loader import PolicyInvalid
 from policy.model import Policy
 from supervisor.access import AccessPolicy, group_id
 from supervisor.actionlog import ActionLog
@@ -53,6 +53,8 @@ from supervisor.broker import SourceBroker
 from supervisor.daemonstate import DaemonState
 from supervisor.dropins import DropInDir
 from supervisor.notify import Notifier
+from supervisor.peers import other_oom_daemons
+from supervisor.policyfiles import PolicySource
 from supervisor.reloadstatus import ReloadStatus, process_start_time, write_status
 from supervisor.requests import Request, RequestQueue
 from supervisor.workers import UNPRIVILEGED, WORKER_ORDER, WorkerSlot, WorkerState, worker_identity
@@ -111,8 +113,10 @@ class Fatal(Exception):
 class Arbiter:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-    def __init__(self, options: Options, policy: Policy, layout: Layout) -> None:
+    def __init__(self, options: Options, policy: Policy, layout: Layout, startup_errors: list[str] | None = None
+                 ) -> None:
         self.options = options
+        self.policy_source = PolicySource(options.config, options.state_dir)
         self.layout = layout
         self.fs = CgroupFS(layout)
         self.build = build_id()
@@ -128,7 +132,9 @@ class Arbiter:
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.evaluated = False
-        self.last_reload: ReloadStatus | None = None  # None until the first SIGHUP: the start-up load is no reload
+        # None until the first SIGHUP, unless the policy file was refused at start-up (the last good one runs).
+        self.last_reload: ReloadStatus | None = None
+        self.startup_errors = startup_errors or []
         self.reloads = 0
         self.last_action: ActionRecord | None = None
         self.actions_taken = 0
@@ -259,7 +265,8 @@ class Arbiter:
         line = (f"{'dry-run, ' if dry else ''}{self.layout.kind}, {len(self.policy.rulesets)} rulesets, policy "
                 f"generation {self.generation}, {running}/{len(self.slots)} workers running")
         if self.last_reload is not None and not self.last_reload.ok:
-            line += f"; reload failed, generation {self.generation} still in force: {self.last_reload.errors[0]}"
+            what = "reload failed" if self.last_reload.sequence else "policy refused at start, the last good one runs"
+            line += f"; {what}, generation {self.generation} still in force: {self.last_reload.errors[0]}"
         last = self.last_action
         if last is not None:
             when = time.strftime("%H:%M:%S", time.localtime(last.time))
@@ -276,7 +283,7 @@ class Arbiter:
         state directory, where `pyoomd reload` (systemd's ExecReload) waits for it."""
         self.reloads += 1
         try:
-            policy = load_policy(self.options.config)
+            policy = self.policy_source.load()
         except PolicyInvalid as e:
             for err in e.errors:
                 log.error("reload failed, keeping policy generation %d: %s", self.generation, err)
@@ -294,7 +301,7 @@ class Arbiter:
     def _record_reload(self, errors: list[str]) -> None:
         status = ReloadStatus(pid=os.getpid(), start_time=self.start_time, sequence=self.reloads,
                               generation=self.generation, ok=not errors, errors=errors, at=time.time())
-        if self.reloads:
+        if self.reloads or errors:
             self.last_reload = status
         try:
             write_status(self.options.state_dir, status)
@@ -639,8 +646,12 @@ class Arbiter:
                              self.options.runtime_dir, self.options.user, blocked, blocked.stat().st_mode & 0o7777)
                 return 1
         self.endpoints.prepare(self.worker_user.gid if self.worker_user else None)
-        self._record_reload([])  # sequence 0: the policy loaded at start; `pyoomd reload` waits for a later one
+        # Sequence 0: the policy loaded at start; `pyoomd reload` waits for a later one.
+        self._record_reload(self.startup_errors)
         log.info("%s", self.layout.describe())
+        for pid, name in other_oom_daemons():
+            log.warning("another OOM daemon runs: %s (PID %d); acting on the same pressure, each may kill a victim "
+                        "of its own: keep one of them", name, pid)
         dry, source = self.dry_run()
         log.info(
             "pyoomd %s: policy %s (%d rulesets, interval %.2fs), dry-run %s (%s)",

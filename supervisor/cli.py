@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from cgroupfs import CgroupFS, LayoutError, detect_layout
@@ -288,12 +289,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (LayoutError, OSError) as e:
         log.critical("cannot start: %s", e)
         return 1
+    from supervisor.policyfiles import PolicySource
+
+    source = PolicySource(args.config.absolute(), args.state_dir.absolute())
+    startup_errors: list[str] = []
     try:
-        policy = load_policy(args.config)
+        policy = source.load()
     except PolicyInvalid as e:
+        startup_errors = [str(err) for err in e.errors]
+        kept = source.last_good()
         for err in e.errors:
-            log.critical("cannot start: %s", err)
-        return 1
+            log.critical("%s: %s", "policy refused" if kept else "cannot start", err)
+        if kept is None:
+            return 1
+        policy = kept.policy
+        log.critical("running the last policy that loaded instead (%s, from %s, loaded %s): the host stays protected; "
+                     "fix %s and reload", kept.copy, kept.source,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(kept.loaded_at)), args.config)
     options = Options(
         config=args.config.absolute(),
         runtime_dir=args.runtime_dir.absolute(),  # workers run in "/"
@@ -310,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from supervisor.selfprotect import protect_self
 
     protect_self(log)  # the workers inherit the OOM score; each locks its own memory
-    return Arbiter(options, policy, layout).run()
+    return Arbiter(options, policy, layout, startup_errors=startup_errors).run()
 
 
 def main(argv: list[str] | None = None) -> None:

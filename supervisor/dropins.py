@@ -24,6 +24,7 @@ from supervisor.inotify import (
     IN_MOVED_TO,
     Watch,
 )
+from supervisor.policyfiles import refusal
 
 log = logging.getLogger("pyoomd.supervisor")
 
@@ -55,6 +56,9 @@ class DropInDir:
             if p.name.startswith(".") or not p.is_file():
                 continue
             try:
+                problem = refusal(p)
+                if problem is not None:
+                    raise problem
                 drop_in = load_drop_in(p)
             except PolicyInvalid as e:
                 errors.extend(str(err) for err in e.errors)

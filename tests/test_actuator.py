@@ -166,3 +166,54 @@ def test_a_path_that_climbs_out_with_dotdot_is_refused(cgroups, executor):
     result = executor.execute(command(executor.fs, [sneaky], inode=executor.fs.identity(cgroups.path) or 0))
     assert result.status == "no-target" and "normalised" in result.detail
     assert proc.poll() is None
+
+
+def test_a_command_delivered_twice_is_carried_out_once(cgroups, executor):
+    cgroups.mkdir("victim")
+    first_victim = cgroups.sleeper("victim")
+    cmd = command(executor.fs, [f"{cgroups.path}/victim"])
+    first = executor.execute(cmd)
+    assert first.status == "killed" and first_victim.wait(timeout=5) == -signal.SIGKILL
+    second_victim = cgroups.sleeper("victim")  # the same cgroup (same inode) holds a new process now
+    assert executor.execute(cmd) == first  # the first answer, nothing signalled again
+    time.sleep(0.3)
+    assert second_victim.poll() is None
+
+
+def test_omit_rules_are_checked_again_in_the_actuator(cgroups):
+    """A detector that ignored the action's omit rules is not obeyed: the policy's `omit` patterns and the cgroup's
+    omit xattr, read by the actuator itself (as root) at the moment of the kill."""
+    stand_in = subprocess.Popen(["sleep", "1000"])
+    try:
+        ex = CommandExecutor(CgroupFS(detect_layout()), daemon_pid=stand_in.pid)
+        policy = load_policy_text(f"""
+rulesets:
+  - name: rs
+    detectors:
+      - name: g
+        all: [continue: {{}}]
+    actions:
+      - kill_by_memory_size_or_growth: {{cgroup: "{cgroups.path}/victim*", omit: "{cgroups.path}/victim-kept"}}
+""", "t.yaml")
+        ex.apply_policy(PolicyUpdate(generation=1, policy=policy, dry_run=False, dry_run_source="default",
+                                     protected_paths=["/"], daemon_pid=stand_in.pid))
+        for name in ("victim-kept", "victim-marked", "victim"):
+            cgroups.mkdir(name)
+        kept, marked, victim = (cgroups.sleeper(n) for n in ("victim-kept", "victim-marked", "victim"))
+        os.setxattr(f"/sys/fs/cgroup/memory{cgroups.path}/victim-marked", "user.oomd_omit", b"1")
+        result = ex.execute(command(ex.fs, [f"{cgroups.path}/victim-kept", f"{cgroups.path}/victim-marked",
+                                            f"{cgroups.path}/victim"]))
+        assert result.status == "killed" and result.target == f"{cgroups.path}/victim"
+        assert "victim-kept: omitted (policy 'omit')" in result.detail
+        assert "victim-marked: omitted (xattr user.oomd_omit)" in result.detail
+        assert victim.wait(timeout=5) == -signal.SIGKILL and kept.poll() is None and marked.poll() is None
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_kernel_threads_are_recognised():
+    from workers.actuator import is_kernel_thread
+
+    assert is_kernel_thread(2)  # kthreadd
+    assert not is_kernel_thread(1) and not is_kernel_thread(os.getpid())

@@ -12,6 +12,7 @@ cgroup2 directory with the memory controller, and nothing else (see CommandExecu
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ import psutil
 import zmq
 from msgspec.structs import replace as msgspec_replace
 
-from cgroupfs import CgroupFS, detect_layout
+from cgroupfs import CgroupFS, CgroupStats, detect_layout
 from cgroupfs.kill import KillReport, kill_cgroup, recover_intents
 from cgroupfs.largest import kill_largest_process
 from cgroupfs.marks import KMSG_PATH, kill_line, mark_kill, write_kmsg
@@ -65,6 +66,17 @@ PROBE_TIMEOUT = 1.0  # a manager answers in milliseconds; a stalled dbus-daemon 
 _UNREACHABLE: frozenset[ErrorKind] = frozenset({"unreachable", "deadline"})
 MECH_KILL_UNIT = "systemd KillUnit"
 MECH_STOP_UNIT = "systemd StopUnit"
+REMEMBERED_COMMANDS = 1024  # answered commands kept by id, so that one delivered twice is carried out once
+PF_KTHREAD = 0x00200000
+
+
+def is_kernel_thread(pid: int) -> bool:
+    """From the flags in /proc/PID/stat; a process gone meanwhile is no kernel thread (nothing to refuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return bool(int(stat[stat.rindex(")") + 2:].split()[6]) & PF_KTHREAD)
 
 
 @dataclass
@@ -105,10 +117,14 @@ class CommandExecutor:
         # (ruleset, plugin) -> each such action that declares files it may write, with its own patterns
         self.writers: dict[tuple[str, str], list[tuple[tuple[str, ...], Plugin]]] = {}
         self.protected: frozenset[str] = frozenset()
+        # (ruleset, plugin) -> the policy's kill actions, whose own omit rules (patterns, xattrs) are checked here
+        self.kill_actions: dict[tuple[str, str], list[Plugin]] = {}
+        self.answered: collections.OrderedDict[str, CommandResult] = collections.OrderedDict()
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         targets: dict[tuple[str, str], tuple[str, ...]] = {}
         writers: dict[tuple[str, str], list[tuple[tuple[str, ...], Plugin]]] = {}
+        kill_actions: dict[tuple[str, str], list[Plugin]] = {}
         # The rulesets the engine runs: drop-in copies included, and per-cgroup rulesets with their cgroups
         # (so ruleset_cgroup targets resolve under them).
         for rs in effective_rulesets(update.policy):
@@ -120,10 +136,13 @@ class CommandExecutor:
                     targets[(rs.name, spec.name)] = targets.get((rs.name, spec.name), ()) + tuple(patterns)
                     if getattr(plugin, "writes", None):
                         writers.setdefault((rs.name, spec.name), []).append((tuple(patterns), plugin))
+                    if hasattr(plugin, "omitted"):
+                        kill_actions.setdefault((rs.name, spec.name), []).append(plugin)
         # Our own view of what must never be touched, beside what the supervisor sent.
         own = self.fs.own_paths(os.getpid()) | self.fs.own_paths(self.daemon_pid)
         self.targets = targets
         self.writers = writers
+        self.kill_actions = kill_actions
         self.protected = frozenset(update.protected_paths) | own
         self.update = update
         if self.bus is not None:
@@ -187,6 +206,20 @@ class CommandExecutor:
         )
 
     def execute(self, cmd: KillCommand) -> CommandResult:
+        """Carry out a kill command once: the same command (by id) again gets the first answer, and nothing is
+        signalled a second time."""
+        earlier = self.answered.get(cmd.id)
+        if earlier is not None:
+            log.warning("command %s came again; answered as before (%s), not carried out twice", cmd.id,
+                        earlier.status)
+            return earlier
+        result = self._execute(cmd)
+        self.answered[cmd.id] = result
+        while len(self.answered) > REMEMBERED_COMMANDS:
+            self.answered.popitem(last=False)
+        return result
+
+    def _execute(self, cmd: KillCommand) -> CommandResult:
         if self.update is None or cmd.generation != self.update.generation:
             running = self.update.generation if self.update else "none"
             return self._result(cmd, "refused", detail=f"policy generation {cmd.generation}, running {running}")
@@ -203,11 +236,14 @@ class CommandExecutor:
                 return "PID 1"
             if pid in daemon_pids:
                 return "pyoomd itself"
+            if is_kernel_thread(pid):
+                return "a kernel thread"
             return None
 
+        key = (cmd.ruleset.split(" @ ", 1)[0], cmd.plugin)
         skipped: list[str] = []
         for cand in cmd.candidates:
-            why_not = self.disqualify(cand.path, cand.inode, patterns, daemon_pids)
+            why_not = self.disqualify(cand.path, cand.inode, patterns, daemon_pids) or self.omitted(key, cand.path)
             if why_not:
                 skipped.append(f"{cand.path}: {why_not}")
                 continue
@@ -416,6 +452,19 @@ class CommandExecutor:
             if problem:
                 problems.append(problem)
         return [f"marks: {p}" for p in problems]
+
+    def omitted(self, key: tuple[str, str], path: str) -> str | None:
+        """The action's own omit rules, checked again here on what the cgroup carries now (its xattrs as root reads
+        them, the policy's `omit` patterns): a detector that ignored them is not obeyed."""
+        plugins = self.kill_actions.get(key, [])
+        if not plugins:
+            return None
+        now = CgroupStats(path=path, inode=0, xattrs=self.fs.xattrs(path))
+        for plugin in plugins:
+            why = plugin.omitted(now)  # type: ignore[attr-defined]
+            if why:
+                return f"omitted ({why})"
+        return None
 
     def disqualify(self, path: str, inode: int, patterns: tuple[str, ...], daemon_pids: set[int]) -> str | None:
         """Why `path` may not be acted on now, or None."""
@@ -635,9 +684,12 @@ class Actuator(Worker):
             if not isinstance(msg, KillCommand):
                 continue
             started = time.monotonic()
+            duplicate = msg.id in self.executor.answered
             result = self.executor.execute(msg)
             duration = time.monotonic() - started
             self.commands.send_multipart([identity, self.command_channel.encode(result)])
+            if duplicate:
+                continue  # answered again, recorded once
             self.send_control(
                 ActionRecord(
                     time=time.time(),
