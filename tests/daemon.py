@@ -36,11 +36,17 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.sockets_left: list[str] = []
 
-    def start(self) -> Daemon:
+    def start(self, cgroup_dirs: list[Path] | None = None) -> Daemon:
+        """Start it; with `cgroup_dirs`, inside those cgroups (one per hierarchy), moved there before exec."""
         env = dict(os.environ, PYTHONPATH=str(REPO))
+
+        def move() -> None:
+            for d in cgroup_dirs or []:
+                (d / "cgroup.procs").write_text(str(os.getpid()))
+
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(self.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stderr=err,
-                                         stdout=err)
+                                         stdout=err, preexec_fn=move if cgroup_dirs else None)
         return self
 
     @property
