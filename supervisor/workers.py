@@ -1,6 +1,6 @@
 """The supervisor's table of worker processes and their states, after supervisord's.
 
-    STARTING --hello ok--> RUNNING --exit--> BACKOFF --delay--> STARTING
+    STARTING --hello ok--> RUNNING --exit--> BACKOFF --delay (none the first time)--> STARTING
         |                                       |
         +--refused (other build)--> FATAL <-----+-- too many crashes in a row
     any --stop--> STOPPING --exit--> STOPPED
@@ -136,4 +136,8 @@ class WorkerSlot:
             self.crashes.popleft()
         if len(self.crashes) >= CRASHES_BEFORE_FATAL:
             return None
-        return min(BACKOFF_FIRST * 2 ** (len(self.crashes) - 1), BACKOFF_MAX)
+        # The first crash in a while is restarted at once (a host in trouble needs its OOM daemon now); a second
+        # within the window waits BACKOFF_FIRST, doubling from there.
+        if len(self.crashes) == 1:
+            return 0.0
+        return min(BACKOFF_FIRST * 2 ** (len(self.crashes) - 2), BACKOFF_MAX)

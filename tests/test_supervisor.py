@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,15 +86,20 @@ def test_a_worker_that_keeps_crashing_is_fatal_and_the_daemon_exits(daemon):
     assert "-> FATAL" in daemon.log
 
 
-def test_worker_from_another_install_is_refused_once_not_restarted(daemon, tmp_path):
-    other = tmp_path / "other-install"
+def test_worker_from_another_install_is_refused_once_not_restarted(daemon):
+    # Where the unprivileged workers can read it, as an install in /opt would be (pytest's directories are 0700).
+    other = Path(tempfile.mkdtemp(prefix="pyoomd-other-install-", dir="/tmp"))
+    other.chmod(0o755)
     for pkg in ("supervisor", "workers", "ipc", "cgroupfs", "policy"):
         shutil.copytree(REPO / pkg, other / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     with open(other / "workers" / "collector.py", "a") as f:
         f.write("\n# a later release\n")
     daemon.argv += ["--worker-pythonpath", str(other)]
     daemon.start()
-    daemon.proc.wait(timeout=30)
+    try:
+        daemon.proc.wait(timeout=30)
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
     assert daemon.proc.returncode == 1
     log = daemon.log
     assert log.count("STOPPED -> STARTING") == 3 and "BACKOFF" not in log, log

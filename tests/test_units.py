@@ -100,7 +100,7 @@ def test_the_watchdog_outlasts_the_supervisors_own_repair_of_a_hung_worker():
     from supervisor.workers import BACKOFF_FIRST, BACKOFF_MAX, CRASHES_BEFORE_FATAL
 
     watchdog = float(re.search(r"^WatchdogSec=(\d+)s$", UNIT.read_text(), re.M).group(1))
-    longest_backoff = min(BACKOFF_FIRST * 2 ** (CRASHES_BEFORE_FATAL - 2), BACKOFF_MAX)
+    longest_backoff = min(BACKOFF_FIRST * 2 ** (CRASHES_BEFORE_FATAL - 3), BACKOFF_MAX)
     worker_start = 5.0
     gap = watchdog / 2 - WATCHDOG_STALE + HEARTBEAT_TIMEOUT + longest_backoff + worker_start
     assert gap < watchdog, f"a hung worker's repair can take {gap:g}s without a ping; WatchdogSec={watchdog:g}s"
