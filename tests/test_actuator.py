@@ -217,3 +217,39 @@ def test_kernel_threads_are_recognised():
 
     assert is_kernel_thread(2)  # kthreadd
     assert not is_kernel_thread(1) and not is_kernel_thread(os.getpid())
+
+
+def test_a_cgroup_that_keeps_coming_back_is_killed_max_kills_times_then_refused(cgroups):
+    """A respawning workload: each kill succeeds until the action's max_kills within kill_window; after that the
+    cgroup is passed over (the next candidate is killed instead) and the refusal says why."""
+    stand_in = subprocess.Popen(["sleep", "1000"])
+    try:
+        ex = CommandExecutor(CgroupFS(detect_layout()), daemon_pid=stand_in.pid, kmsg_path=None)
+        policy = load_policy_text(f"""
+rulesets:
+  - name: rs
+    detectors:
+      - name: g
+        all: [continue: {{}}]
+    actions:
+      - kill_by_memory_size_or_growth: {{cgroup: "{cgroups.path}/victim*", max_kills: 2, kill_window: 60}}
+""", "t.yaml")
+        ex.apply_policy(PolicyUpdate(generation=1, policy=policy, dry_run=False, dry_run_source="default",
+                                     protected_paths=["/"], daemon_pid=stand_in.pid))
+        cgroups.mkdir("victim")
+        cgroups.mkdir("victim-other")
+        other = cgroups.sleeper("victim-other")
+        paths = [f"{cgroups.path}/victim", f"{cgroups.path}/victim-other"]
+        for _ in range(2):
+            respawned = cgroups.sleeper("victim")
+            result = ex.execute(command(ex.fs, paths))
+            assert result.status == "killed" and result.target == paths[0], result.detail
+            assert respawned.wait(timeout=5) == -signal.SIGKILL
+        third = cgroups.sleeper("victim")
+        result = ex.execute(command(ex.fs, paths))
+        assert result.status == "killed" and result.target == paths[1]
+        assert f"{paths[0]}: killed 2 times in the last 60s (max_kills 2): refused" in result.detail
+        assert third.poll() is None and other.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        stand_in.kill()
+        stand_in.wait()

@@ -120,6 +120,8 @@ class CommandExecutor:
         # (ruleset, plugin) -> the policy's kill actions, whose own omit rules (patterns, xattrs) are checked here
         self.kill_actions: dict[tuple[str, str], list[Plugin]] = {}
         self.answered: collections.OrderedDict[str, CommandResult] = collections.OrderedDict()
+        # cgroup path -> when it was killed (monotonic), for the actions' kill storm limit (max_kills/kill_window)
+        self.kills: dict[str, collections.deque[float]] = {}
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         targets: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -214,6 +216,8 @@ class CommandExecutor:
                         earlier.status)
             return earlier
         result = self._execute(cmd)
+        if result.status == "killed" and result.target:
+            self.count_kill(result.target)
         self.answered[cmd.id] = result
         while len(self.answered) > REMEMBERED_COMMANDS:
             self.answered.popitem(last=False)
@@ -243,7 +247,8 @@ class CommandExecutor:
         key = (cmd.ruleset.split(" @ ", 1)[0], cmd.plugin)
         skipped: list[str] = []
         for cand in cmd.candidates:
-            why_not = self.disqualify(cand.path, cand.inode, patterns, daemon_pids) or self.omitted(key, cand.path)
+            why_not = (self.disqualify(cand.path, cand.inode, patterns, daemon_pids) or self.omitted(key, cand.path)
+                       or self.storm(key, cand.path))
             if why_not:
                 skipped.append(f"{cand.path}: {why_not}")
                 continue
@@ -452,6 +457,32 @@ class CommandExecutor:
             if problem:
                 problems.append(problem)
         return [f"marks: {p}" for p in problems]
+
+    def storm(self, key: tuple[str, str], path: str) -> str | None:
+        """The kill storm limit: a cgroup killed `max_kills` times within `kill_window` is refused until the oldest
+        of those kills leaves the window (the action's own arguments; the strictest, if it appears twice)."""
+        limits = [(p.max_kills, p.kill_window) for p in self.kill_actions.get(key, [])  # type: ignore[attr-defined]
+                  if getattr(p, "max_kills", 0)]
+        if not limits:
+            return None
+        times = self.kills.get(path)
+        if not times:
+            return None
+        now = time.monotonic()
+        for count, window in limits:
+            recent = [t for t in times if now - t < window]
+            if len(recent) >= count:
+                why = (f"killed {len(recent)} times in the last {window:g}s (max_kills {count}): refused until "
+                       f"{window - (now - recent[0]):.0f}s from now")
+                log.warning("kill storm limit: %s %s", path, why)
+                return why
+        return None
+
+    def count_kill(self, path: str) -> None:
+        times = self.kills.setdefault(path, collections.deque(maxlen=64))
+        times.append(time.monotonic())
+        if len(self.kills) > 10_000:  # cgroups come and go: forget the oldest
+            self.kills.pop(next(iter(self.kills)))
 
     def omitted(self, key: tuple[str, str], path: str) -> str | None:
         """The action's own omit rules, checked again here on what the cgroup carries now (its xattrs as root reads

@@ -75,6 +75,10 @@ KILL_ARGS = (
         "'systemd' through the service manager (KillUnit, after checking the unit's cgroup and invocation), "
         "'direct' by pyoomd itself, 'auto' through the manager when it answered its last probe. Any other cgroup, "
         "and any failure of the manager, gets the direct kill", choices=("auto", "systemd", "direct")),
+    Arg("max_kills", "int", 5, "pyoomd: at most this many kills of one cgroup within `kill_window`; more are "
+        "refused and logged (the cgroup is passed over), so that a unit its manager keeps restarting cannot make "
+        "pyoomd kill forever. 0: no limit", minimum=0),
+    Arg("kill_window", "duration", 600.0, "pyoomd: the window `max_kills` counts in", unit="s", minimum=1),
 )
 
 
@@ -127,6 +131,8 @@ class KillPlugin(Plugin):
     avoid: tuple[str, ...]
     omit: tuple[str, ...]
     via: str
+    max_kills: int
+    kill_window: float
 
     def setup(self) -> None:
         self.require_cgroup()
