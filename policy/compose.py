@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import msgspec
 
-from policy.model import DropIn, Policy, Ruleset
+from policy.model import DropIn, PluginSpec, Policy, Ruleset
+from policy.plugins.base import PluginKind
 
 
 def check_drop_in(base: Policy, drop_in: DropIn) -> list[str]:
@@ -62,3 +63,31 @@ def effective_rulesets(policy: Policy) -> list[Ruleset]:
         if not (copies and base.drop_in.disable_on_drop_in):
             out.append(base)
     return out
+
+
+def _meaning_of(spec: PluginSpec, kind: PluginKind) -> tuple:
+    """A plugin as it will run: its arguments parsed (defaults filled in), so that `1`, `"1"` and `1s` are one
+    duration. A plugin that does not build (it could not have loaded) keeps its arguments as written."""
+    from policy.plugins.args import ArgError, parse_args
+    from policy.plugins.registry import lookup
+
+    try:
+        cls = lookup(spec.name, kind)
+        values = parse_args(spec.name, cls.args, spec.args)
+    except (ArgError, ValueError):
+        return (spec.name, tuple(sorted(spec.args.items())))
+    return (spec.name, tuple(sorted((k, repr(v)) for k, v in values.items())))
+
+
+def same_meaning(a: Ruleset, b: Ruleset) -> bool:
+    """Whether two rulesets run the same, however their plugin arguments are written: a reload that only
+    rewrites `duration: 1` as `duration: 1s` keeps the ruleset's state (windows, pauses)."""
+    if a == b:
+        return True
+    plain = {"detector_groups": [], "actions": []}
+    if msgspec.structs.replace(a, **plain) != msgspec.structs.replace(b, **plain):
+        return False
+    groups_a = [(g.name, [_meaning_of(d, "detector") for d in g.detectors]) for g in a.detector_groups]
+    groups_b = [(g.name, [_meaning_of(d, "detector") for d in g.detectors]) for g in b.detector_groups]
+    return groups_a == groups_b and [_meaning_of(x, "action") for x in a.actions] == [
+        _meaning_of(x, "action") for x in b.actions]

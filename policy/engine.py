@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from cgroupfs.stats import CgroupStats
 from ipc.messages import CommandResult, KillCommand, RulesetReport, Snapshot
-from policy.compose import effective_rulesets
+from policy.compose import effective_rulesets, same_meaning
 from policy.context import History, TickContext
 from policy.model import Policy, Ruleset
 from policy.paths import matches_any
@@ -171,12 +171,18 @@ class Engine:
             if spec.cgroup:
                 # Per-cgroup copies are made as their cgroups appear; unchanged ones keep their state.
                 for key, old in carried.items():
-                    if old.spec == spec and old.ruleset_cgroup is not None:
+                    if old.ruleset_cgroup is not None and same_meaning(old.spec, spec):
+                        old.spec = spec
                         self.instances[key] = old
                 continue
             old = carried.get(spec.name)
-            self.instances[spec.name] = old if old is not None and old.spec == spec else compile_ruleset(
-                spec, policy.interval)
+            if old is not None and same_meaning(old.spec, spec):
+                # The new spec (its source positions, its spelling) with the old state; the plugins compiled
+                # from the old spec mean the same.
+                old.spec = spec
+                self.instances[spec.name] = old
+            else:
+                self.instances[spec.name] = compile_ruleset(spec, policy.interval)
 
     @property
     def rulesets(self) -> list[RulesetState]:

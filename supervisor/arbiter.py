@@ -44,7 +44,7 @@ from ipc.messages import (
 )
 from ipc.signalqueue import SignalQueue
 from ipc.zap import ZapHandler
-from policy.compose import effective_rulesets
+from policy.compose import effective_rulesets, same_meaning
 from policy.loader import PolicyInvalid
 from policy.model import Policy
 from supervisor.access import AccessPolicy, group_id
@@ -94,7 +94,7 @@ def describe_changes(old: Policy, new: Policy) -> str:
     for label, names in (
         ("added", [n for n in after if n not in before]),
         ("removed", [n for n in before if n not in after]),
-        ("modified", [n for n in after if n in before and after[n] != before[n]]),
+        ("modified", [n for n in after if n in before and not same_meaning(after[n], before[n])]),
     ):
         if names:
             parts.append(f"{label} " + ", ".join(repr(n) for n in names))

@@ -268,3 +268,37 @@ rulesets:
     out = new.tick(snap(hot), 3.0)
     assert [name for name, _ in out.fired] == ["same"]  # its 3 s window carried over; the edited one starts afresh
     assert new.history is old.history
+
+
+def test_a_reload_that_only_spells_the_arguments_differently_keeps_the_state():
+    """`duration: 3` and `duration: 3s` (or "3") are one duration: found by the soak, where such a reload threw the
+    ruleset's window away."""
+    yaml = """
+rulesets:
+  - name: rs
+    detectors:
+      - name: hot
+        all: [pressure_above: {cgroup: p, resource: memory, threshold: 10, duration: 3}]
+    actions: [continue: {}]
+"""
+    hot = [cg("/p", 310, avg10=50), *CHILDREN]
+    old = engine(yaml)
+    old.tick(snap(hot), 0.0)
+    old.tick(snap(hot), 2.0)
+    for spelling in ("duration: 3s", 'duration: "3"', "duration: 3000ms"):
+        new = engine(yaml.replace("duration: 3", spelling), previous=old)
+        assert new.instances["rs"] is old.instances["rs"], spelling
+    changed = engine(yaml.replace("duration: 3", "duration: 4"), previous=old)
+    assert changed.instances["rs"] is not old.instances["rs"]
+    out = engine(yaml.replace("duration: 3", "duration: 3s"), previous=old).tick(snap(hot), 3.0)
+    assert [name for name, _ in out.fired] == ["rs"]
+
+
+def test_the_reload_diff_sees_through_spelling_too():
+    from policy.loader import load_policy_text
+    from supervisor.arbiter import describe_changes
+
+    base = "rulesets:\n  - name: rs\n    detectors:\n      - name: g\n        all: [pressure_above: {cgroup: p, " \
+           "resource: memory, threshold: 10, duration: 1}]\n    actions: [continue: {}]\n"
+    a, b = load_policy_text(base, "a.yaml"), load_policy_text(base.replace("duration: 1", "duration: 1s"), "b.yaml")
+    assert describe_changes(a, b) == "no change"

@@ -118,7 +118,7 @@ class Detector(Worker):
                     self.last_logged[command.ruleset] = (command.reason, now)
                     self.log.info("ruleset %r (group %r): %s", command.ruleset, command.group, command.reason)
             except zmq.Again:
-                self.log.error("no actuator connected; command %s dropped, deciding again", command.id)
+                self.log.warning("no actuator connected (restarting?); command %s dropped, deciding again", command.id)
                 self.engine.abandon(command.id)
         for ruleset, reason in outcome.disabled:
             self.send_control(RulesetDisabled(ruleset=ruleset, reason=reason))
