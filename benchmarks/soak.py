@@ -393,10 +393,11 @@ class Daemon:
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process(self.pid).children():
                 with contextlib.suppress(psutil.Error):
-                    cmd = child.cmdline()
+                    # A forked worker's title is one string (setproctitle); an exec'd one's, separate arguments.
+                    cmd = " ".join(child.cmdline()).split()
                     if "-m" in cmd and cmd.index("-m") + 1 < len(cmd):
                         module = cmd[cmd.index("-m") + 1]
-                        if module.startswith("workers."):
+                        if module in ("workers.collector", "workers.detector", "workers.actuator"):
                             out[module.removeprefix("workers.")] = child
         return out
 

@@ -289,6 +289,34 @@ BrokerRequest = OpenSource | ReadXattrs
 BrokerAnswer = SourceOpened | XattrValues
 
 
+# ---- the fork server: supervisor <-> fork server, over a socketpair of their own (ipc/fdchannel.py) -------------
+
+
+class Spawn(Message, tag="spawn"):
+    """Fork this worker. The collector's broker socket, when it has one, travels with it (SCM_RIGHTS)."""
+
+    worker: WorkerName
+    runtime_dir: str
+    state_dir: str
+    drop_to: str = ""  # "UID:GID" to become, or "" to stay as the supervisor is
+    with_broker: bool = False
+
+
+class Spawned(Message, tag="spawned"):
+    worker: WorkerName
+    pid: int = 0  # the worker's, a child of the supervisor by then (reparented: it is the subreaper)
+    error: str = ""
+
+
+class ForkServerReady(Message, tag="forkserver-ready"):
+    pid: int
+    build: str
+
+
+ForkServerRequest = Spawn
+ForkServerAnswer = Spawned | ForkServerReady
+
+
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
     | RulesetDisabled | PeerRestarted | Query | QueryAnswer | RulesetFired | RulesetStates

@@ -57,7 +57,14 @@ from supervisor.peers import other_oom_daemons
 from supervisor.policyfiles import PolicySource
 from supervisor.reloadstatus import ReloadStatus, process_start_time, write_status
 from supervisor.requests import Request, RequestQueue
-from supervisor.workers import UNPRIVILEGED, WORKER_ORDER, WorkerSlot, WorkerState, worker_identity
+from supervisor.workers import (
+    UNPRIVILEGED,
+    WORKER_ORDER,
+    ForkServer,
+    WorkerSlot,
+    WorkerState,
+    worker_identity,
+)
 
 if TYPE_CHECKING:
     from supervisor.dbus_service import BusService
@@ -113,9 +120,11 @@ class Fatal(Exception):
 class Arbiter:
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-    def __init__(self, options: Options, policy: Policy, layout: Layout, startup_errors: list[str] | None = None
-                 ) -> None:
+    def __init__(self, options: Options, policy: Policy, layout: Layout, startup_errors: list[str] | None = None,
+                 forkserver: ForkServer | None = None) -> None:
         self.options = options
+        # Workers are forked by it (sharing its pages) while it lives, exec'd otherwise.
+        self.forkserver = forkserver
         self.policy_source = PolicySource(options.config, options.state_dir)
         self.layout = layout
         self.fs = CgroupFS(layout)
@@ -330,11 +339,20 @@ class Arbiter:
             self.poller.register(self.broker.fileno(), zmq.POLLIN)
         try:
             slot.spawn(self.options.runtime_dir, self.options.state_dir, self._pythonpath(), drop_to,
-                       broker_fd=theirs.fileno() if theirs is not None else None)
+                       broker_fd=theirs.fileno() if theirs is not None else None, forkserver=self.forkserver)
         finally:
             if theirs is not None:
                 theirs.close()
         self.poller.register(slot.pidfd, zmq.POLLIN)
+
+    def on_forkserver_exit(self) -> None:
+        assert self.forkserver is not None
+        self.poller.unregister(self.forkserver.pidfd)
+        status = self.forkserver.reap()
+        if not self.stopping:
+            log.warning("the fork server exited (status %d); workers are exec'd from now on (each costs its own "
+                        "memory)", status)
+        self.forkserver = None
 
     def close_broker(self) -> None:
         if self.broker is not None:
@@ -668,6 +686,8 @@ class Arbiter:
         self.poller.register(self.zap.socket, zmq.POLLIN)
         self.poller.register(self.signals.fileno(), zmq.POLLIN)
         self.poller.register(self.requests.fileno(), zmq.POLLIN)
+        if self.forkserver is not None:
+            self.poller.register(self.forkserver.pidfd, zmq.POLLIN)
         if self.drop_in_dir is not None:
             self.drop_in_dir.open()
             self.poller.register(self.drop_in_dir.fd, zmq.POLLIN)
@@ -690,6 +710,8 @@ class Arbiter:
                     self.on_control()
                 if self.requests.fileno() in events:
                     self.on_requests()
+                if self.forkserver is not None and self.forkserver.pidfd in events:
+                    self.on_forkserver_exit()
                 if self.broker is not None and self.broker.fileno() in events and not self.broker.on_readable():
                     self.close_broker()  # the collector exited; its successor gets a pair of its own
                 if self.drop_in_dir is not None and self.drop_in_dir.fd in events:
@@ -704,6 +726,11 @@ class Arbiter:
                     slot.reap()
             if self.bus_service is not None:
                 self.bus_service.close()
+            if self.forkserver is not None:
+                self.forkserver.close()  # it reads end of file and exits; PDEATHSIG covers the rest
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.forkserver.pid, 0)
+                self.forkserver = None
             self.close_broker()
             self.requests.close()
             self.zmq.destroy(linger=0)

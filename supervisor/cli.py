@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cgroupfs import CgroupFS, LayoutError, detect_layout
 from policy.convert import drop_in_to_yaml, policy_to_yaml
@@ -18,6 +20,11 @@ from policy.model import Policy
 from policy.units import parse_duration
 from supervisor.logsetup import setup_logging
 from supervisor.reloadstatus import DEFAULT_TIMEOUT, ReloadError, request_reload
+
+if TYPE_CHECKING:
+    from supervisor.workers import ForkServer
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _interval(value: str) -> float:
@@ -284,6 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from supervisor.arbiter import Arbiter, Options
 
     log = logging.getLogger("pyoomd.supervisor")
+    forkserver = start_forkserver(log) if args.worker_pythonpath is None else None
     try:
         layout = detect_layout()
     except (LayoutError, OSError) as e:
@@ -322,7 +330,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from supervisor.selfprotect import protect_self
 
     protect_self(log)  # the workers inherit the OOM score; each locks its own memory
-    return Arbiter(options, policy, layout, startup_errors=startup_errors).run()
+    return Arbiter(options, policy, layout, startup_errors=startup_errors, forkserver=forkserver).run()
+
+
+def start_forkserver(log: logging.Logger) -> ForkServer | None:
+    """Make this process the subreaper of its workers and fork the fork server from it, now: nothing but imports
+    has happened in it yet (no thread, no socket, no file of the host read), the image the workers share."""
+    import ctypes
+
+    from supervisor.workers import ForkServer, ForkServerError
+    from workers import forkserver
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("cannot become the workers' subreaper (%s): workers are exec'd, each with its own memory",
+                    os.strerror(ctypes.get_errno()))
+        return None
+    pid, sock = forkserver.start(os.getpid())
+    server = ForkServer(pid, sock)
+    try:
+        server.wait_ready()
+    except ForkServerError as e:
+        log.warning("%s: workers are exec'd, each with its own memory", e)
+        server.close()
+        return None
+    return server
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,9 +63,12 @@ class Daemon:
         assert self.proc is not None
         out = {}
         for child in psutil.Process(self.proc.pid).children():
-            cmd = child.cmdline()
-            if "-m" in cmd:
-                out[cmd[cmd.index("-m") + 1].removeprefix("workers.")] = child.pid
+            # A forked worker's title is one string (setproctitle); an exec'd one's, separate arguments.
+            words = " ".join(child.cmdline()).split()
+            if "-m" in words:
+                name = words[words.index("-m") + 1].removeprefix("workers.")
+                if name in ("collector", "detector", "actuator"):
+                    out[name] = child.pid
         return out
 
     def actions(self) -> list[dict]:

@@ -220,7 +220,7 @@ def test_as_a_unit_it_kills_one_unit_stops_another_spares_the_idle_one_and_reloa
     # A hung detector loop: the watchdog pings stop (systemd's own record of them stands still) until the
     # supervisor has replaced the detector, then they come again.
     main_pid = int(m.show(NAME, "MainPID"))
-    detector = next(c for c in psutil.Process(main_pid).children() if "workers.detector" in c.cmdline())
+    detector = next(c for c in psutil.Process(main_pid).children() if "workers.detector" in " ".join(c.cmdline()))
     wait_for(lambda: watchdog_pings(m), 30, "a first watchdog ping")
     detector.suspend()  # SIGSTOP to a process of our own manager's unit, by PID
     time.sleep(WATCHDOG_STALE + 0.5)  # its last heartbeat is stale now

@@ -198,6 +198,27 @@ class Worker:
         return 0
 
 
+def run_worker(worker_cls: type[Worker], args: WorkerArgs, drop: Identity | None) -> int:
+    """Become the worker, whether exec'd (main) or forked by the fork server: die with the supervisor, lock
+    memory, drop privileges, run. Returns the exit status."""
+    die_with_parent(args.supervisor_pid)
+    setup_logging(worker_cls.name)
+    log = logging.getLogger(f"pyoomd.{worker_cls.name}")
+    protect_self(log, oom_score=False)  # locks memory while that still needs no capability but CAP_IPC_LOCK
+    if drop is not None:
+        # Everything is imported (the plugins too: the interpreter and other packages may live where the
+        # unprivileged user cannot read, as under /root here); no thread exists yet (the zmq context comes after),
+        # so the drop covers the whole process; nothing untrusted has been read.
+        load_entry_points()
+        try:
+            drop_to(drop, args.supervisor_pid)
+        except PrivilegeError as e:
+            log.critical("cannot drop privileges to %s: %s; not running as root instead", drop, e)
+            return 1
+        log.info("running as %s with CAP_IPC_LOCK alone", drop)
+    return worker_cls(args).run()
+
+
 def main(worker_cls: type[Worker]) -> None:
     parser = argparse.ArgumentParser(prog=f"pyoomd-{worker_cls.name}")
     parser.add_argument("--runtime-dir", type=Path, required=True)
@@ -206,20 +227,6 @@ def main(worker_cls: type[Worker]) -> None:
     parser.add_argument("--drop-to", type=Identity.parse, help="UID:GID to become before reading anything")
     parser.add_argument("--broker-fd", type=int, help="the socket to the supervisor's broker (collector)")
     args = parser.parse_args()
-    die_with_parent(args.supervisor_pid)
-    setup_logging(worker_cls.name)
-    log = logging.getLogger(f"pyoomd.{worker_cls.name}")
-    protect_self(log, oom_score=False)  # locks memory while that still needs no capability but CAP_IPC_LOCK
-    if args.drop_to is not None:
-        # Everything is imported (the plugins too: the interpreter and other packages may live where the
-        # unprivileged user cannot read, as under /root here); no thread exists yet (the zmq context comes after),
-        # so the drop covers the whole process; nothing untrusted has been read.
-        load_entry_points()
-        try:
-            drop_to(args.drop_to, args.supervisor_pid)
-        except PrivilegeError as e:
-            log.critical("cannot drop privileges to %s: %s; not running as root instead", args.drop_to, e)
-            sys.exit(1)
-        log.info("running as %s with CAP_IPC_LOCK alone", args.drop_to)
-    sys.exit(worker_cls(WorkerArgs(runtime_dir=args.runtime_dir, state_dir=args.state_dir,
-                                   supervisor_pid=args.supervisor_pid, broker_fd=args.broker_fd)).run())
+    sys.exit(run_worker(worker_cls, WorkerArgs(runtime_dir=args.runtime_dir, state_dir=args.state_dir,
+                                               supervisor_pid=args.supervisor_pid, broker_fd=args.broker_fd),
+                        args.drop_to))
