@@ -150,3 +150,29 @@ def test_actuator_thaws_a_cgroup_a_crashed_actuator_left_frozen(daemon, cgroups)
     assert control.read_text().strip() == "0"
     assert not list(intents.iterdir())
     assert victim.poll() is None
+
+
+def test_workers_are_forked_from_one_image_and_exec_d_once_the_fork_server_is_gone(daemon):
+    daemon.start()
+    daemon.wait_log(r"first snapshot evaluated")
+    supervisor = psutil.Process(daemon.proc.pid)
+    children = {" ".join(c.cmdline()).split()[3]: c for c in supervisor.children()}
+    assert set(children) == {"workers.forkserver", "workers.collector", "workers.detector", "workers.actuator"}
+    for name in ("collector", "detector", "actuator"):
+        worker = children[f"workers.{name}"]
+        assert worker.ppid() == daemon.proc.pid and "(forked)" in " ".join(worker.cmdline())
+    # Forked from one image: most of a worker's memory is shared with its siblings.
+    smaps = Path(f"/proc/{children['workers.detector'].pid}/smaps_rollup").read_text()
+    fields = {line.split()[0]: int(line.split()[1]) for line in smaps.splitlines()[1:]}
+    assert fields["Shared_Dirty:"] + fields["Shared_Clean:"] > fields["Private_Dirty:"], fields
+
+    server = children["workers.forkserver"]
+    os.kill(server.pid, signal.SIGKILL)  # our own grandchild, by PID
+    daemon.wait_log(r"the fork server exited \(status -9\); workers are exec'd from now on")
+    old = daemon.worker_pids()["detector"]
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: daemon.worker_pids().get("detector") not in (None, old), 30, "a new detector")
+    new = psutil.Process(daemon.worker_pids()["detector"])
+    assert new.cmdline()[1:4] == ["-P", "-m", "workers.detector"]  # exec'd
+    daemon.wait_log(rf"worker detector \(pid {new.pid}\): STARTING -> RUNNING")
+    assert daemon.stop() == 0
