@@ -338,8 +338,15 @@ def start_forkserver(log: logging.Logger) -> ForkServer | None:
     has happened in it yet (no thread, no socket, no file of the host read), the image the workers share."""
     import ctypes
 
+    from ipc.build import build_id
+    from policy.plugins.registry import load_entry_points
     from supervisor.workers import ForkServer, ForkServerError
     from workers import forkserver
+
+    # Both before the fork, so that the image is complete: a forked worker runs this very code (its build is the
+    # supervisor's by construction, whatever the files on disk say by then) and needs nothing more from disk.
+    build_id()
+    load_entry_points()
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
