@@ -54,8 +54,16 @@ class Daemon:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        def found() -> re.Match | None:
+            m = re.search(pattern, self.log, re.MULTILINE)
+            if m is None and self.proc is not None and self.proc.poll() is not None:
+                m = re.search(pattern, self.log, re.MULTILINE)  # written just before it exited
+                if m is None:
+                    raise AssertionError(f"pyoomd exited ({self.proc.returncode}) before /{pattern}/")
+            return m
+
         try:
-            return wait_for(lambda: re.search(pattern, self.log, re.MULTILINE), timeout, f"/{pattern}/")
+            return wait_for(found, timeout, f"/{pattern}/")
         except AssertionError as e:
             raise AssertionError(f"{e} in the log:\n{self.log}") from None
 
