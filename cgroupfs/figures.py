@@ -12,13 +12,14 @@ from typing import Any
 
 from cgroupfs.parse import parse_flat_keyed, parse_limit
 
-Read = Callable[[Path], str]
+# Paths are built as strings on this hot path: a pathlib object costs more to make than the pread itself.
+Read = Callable[[str], str]
 
 # The groups a plugin can ask for. "tree" facts (members, populated) are always read: every record needs them.
 FIELD_GROUPS = frozenset({"memory", "swap", "reclaim", "oom", "tree", "pressure", "io", "xattrs"})
 
 
-def _optional(read: Read, path: Path) -> str | None:
+def _optional(read: Read, path: str) -> str | None:
     """The text of a file a kernel may not have (swap accounting off, an older kernel)."""
     try:
         return read(path)
@@ -34,51 +35,51 @@ def _refaults(stat: dict[str, int], prefix: str = "") -> int | None:
     return stat.get(f"{prefix}workingset_refault")
 
 
-def v1_memory(read: Read, d: Path, fields: frozenset[str]) -> dict[str, Any]:
+def v1_memory(read: Read, d: str | Path, fields: frozenset[str]) -> dict[str, Any]:
     """A v1 memory controller directory. memory.stat's total_* lines are hierarchical, as usage is."""
     out: dict[str, Any] = {}
     needs_stat = fields & {"memory", "reclaim", "swap"}
-    stat = parse_flat_keyed(read(d / "memory.stat")) if needs_stat else {}
+    stat = parse_flat_keyed(read(f"{d}/memory.stat")) if needs_stat else {}
 
     def total(key: str) -> int | None:
         return stat.get(f"total_{key}", stat.get(key))
 
-    usage = int(read(d / "memory.usage_in_bytes")) if fields & {"memory", "swap"} else None
+    usage = int(read(f"{d}/memory.usage_in_bytes")) if fields & {"memory", "swap"} else None
     if "memory" in fields:
         out.update(
             usage=usage,
-            limit=parse_limit(read(d / "memory.limit_in_bytes")),
+            limit=parse_limit(read(f"{d}/memory.limit_in_bytes")),
             anon=total("rss"),
             file=total("cache"),
             shmem=total("shmem"),
         )
     if "swap" in fields:
         # memsw files exist only with swap accounting (swapaccount=1 / CONFIG_MEMCG_SWAP_ENABLED).
-        memsw = _optional(read, d / "memory.memsw.usage_in_bytes")
+        memsw = _optional(read, f"{d}/memory.memsw.usage_in_bytes")
         if memsw is not None and usage is not None:
             out["swap_usage"] = max(int(memsw) - usage, 0)
-            memsw_text = _optional(read, d / "memory.memsw.limit_in_bytes")
+            memsw_text = _optional(read, f"{d}/memory.memsw.limit_in_bytes")
             memsw_limit = parse_limit(memsw_text) if memsw_text is not None else None
-            mem_limit = parse_limit(read(d / "memory.limit_in_bytes"))
+            mem_limit = parse_limit(read(f"{d}/memory.limit_in_bytes"))
             if memsw_limit is not None and mem_limit is not None:
                 out["swap_limit"] = max(memsw_limit - mem_limit, 0)
     if "reclaim" in fields:
         out["workingset_refault"] = _refaults(stat, "total_") if "total_rss" in stat else _refaults(stat)
         out["pgmajfault"] = total("pgmajfault")
     if "oom" in fields:
-        failcnt = _optional(read, d / "memory.failcnt")
+        failcnt = _optional(read, f"{d}/memory.failcnt")
         out["failcnt"] = int(failcnt) if failcnt is not None else None
-        oom = _optional(read, d / "memory.oom_control")
+        oom = _optional(read, f"{d}/memory.oom_control")
         out["oom_kills"] = parse_flat_keyed(oom).get("oom_kill") if oom is not None else None  # since 4.13
     return out
 
 
-def v2_memory(read: Read, d: Path, fields: frozenset[str]) -> dict[str, Any]:
+def v2_memory(read: Read, d: str | Path, fields: frozenset[str]) -> dict[str, Any]:
     """A cgroup2 directory with the memory controller enabled (memory.current exists)."""
     out: dict[str, Any] = {}
-    stat = parse_flat_keyed(read(d / "memory.stat")) if fields & {"memory", "reclaim"} else {}
+    stat = parse_flat_keyed(read(f"{d}/memory.stat")) if fields & {"memory", "reclaim"} else {}
     if "memory" in fields:
-        usage = int(read(d / "memory.current"))
+        usage = int(read(f"{d}/memory.current"))
         # oomd's raw protection: min(usage, max(memory.min, memory.low)); "max" protects all of it.
         protection = 0
         for name in ("memory.min", "memory.low"):
@@ -88,17 +89,17 @@ def v2_memory(read: Read, d: Path, fields: frozenset[str]) -> dict[str, Any]:
                 protection = max(protection, usage if value is None else value)
         out.update(
             usage=usage,
-            limit=parse_limit(read(d / "memory.max")),
+            limit=parse_limit(read(f"{d}/memory.max")),
             anon=stat.get("anon"),
             file=stat.get("file"),
             shmem=stat.get("shmem"),
             protection=min(protection, usage),
         )
     if "swap" in fields:
-        current = _optional(read, d / "memory.swap.current")
+        current = _optional(read, f"{d}/memory.swap.current")
         if current is not None:
             out["swap_usage"] = int(current)
-            limit = _optional(read, d / "memory.swap.max")
+            limit = _optional(read, f"{d}/memory.swap.max")
             if limit is not None:
                 out["swap_limit"] = parse_limit(limit)
     if "reclaim" in fields:
@@ -106,15 +107,15 @@ def v2_memory(read: Read, d: Path, fields: frozenset[str]) -> dict[str, Any]:
         out["workingset_refault"] = _refaults(stat)
         out["pgmajfault"] = stat.get("pgmajfault")
     if "oom" in fields:
-        events = _optional(read, d / "memory.events")
+        events = _optional(read, f"{d}/memory.events")
         if events is not None:
             out["oom_kills"] = parse_flat_keyed(events).get("oom_kill")
     return out
 
 
-def v2_tree(read: Read, d: Path) -> dict[str, Any]:
+def v2_tree(read: Read, d: str | Path) -> dict[str, Any]:
     """cgroup2 facts about the subtree: dying descendants (cgroups removed but still pinned by memory)."""
-    stat = _optional(read, d / "cgroup.stat")
+    stat = _optional(read, f"{d}/cgroup.stat")
     if stat is None:
         return {}
     return {"nr_dying_descendants": parse_flat_keyed(stat).get("nr_dying_descendants")}

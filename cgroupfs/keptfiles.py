@@ -31,18 +31,20 @@ def _pread_all(fd: int) -> bytes:
         offset += len(chunk)
 
 
-def _open(p: Path) -> int:
+def _open(p: str) -> int:
     return os.open(p, os.O_RDONLY | os.O_CLOEXEC)
 
 
 class KeptFiles:
     def __init__(self, limit: int = LIMIT) -> None:
         self.limit = limit
-        self._fds: dict[Path, int] = {}
-        self._used: set[Path] = set()
+        # Keyed by the path as a string: hashing a pathlib object costs more than the pread.
+        self._fds: dict[str, int] = {}
+        self._used: set[str] = set()
 
-    def read(self, p: Path) -> str:
-        if p.name in FRESH_ONLY:
+    def read(self, p: str | Path) -> str:
+        p = os.fspath(p)
+        if p[p.rfind("/") + 1:] in FRESH_ONLY:
             fd = _open(p)
             try:
                 return _pread_all(fd).decode()
@@ -68,7 +70,7 @@ class KeptFiles:
         fd = self._fds[p] = _open(p)  # FileNotFoundError: gone for good
         return _pread_all(fd).decode()
 
-    def _forget(self, p: Path) -> None:
+    def _forget(self, p: str) -> None:
         fd = self._fds.pop(p, None)
         if fd is not None:
             os.close(fd)

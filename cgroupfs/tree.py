@@ -11,7 +11,9 @@ import contextlib
 import errno
 import fnmatch
 import os
+import stat
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from cgroupfs.figures import (
@@ -55,9 +57,17 @@ def is_under(path: str, ancestor: str) -> bool:
     return ancestor == "/" or path == ancestor or path.startswith(ancestor + "/")
 
 
-def _read_file(p: Path) -> str:
+def _read_file(p: str | Path) -> str:
     with open(p) as f:
         return f.read()
+
+
+_MISSING = object()
+
+
+def _dir_str(h: Hierarchy, path: str) -> str:
+    """Hierarchy.dir_of as a string: no pathlib object on the hot path."""
+    return h.mount_point if path == "/" else h.mount_point + path
 
 
 class CgroupFS:
@@ -70,7 +80,10 @@ class CgroupFS:
             if h is not None and h not in self._lookup:
                 self._lookup.append(h)
         self._page_size = os.sysconf("SC_PAGE_SIZE")
-        self._tick_cache: dict[Path, str] | None = None
+        self._tick_cache: dict[str, str] | None = None
+        # Within a tick, what a record's parts ask again and again: a path's directories, a directory's members,
+        # a twin's verdict. Each is found once a tick (the members walk alone was done four times per cgroup).
+        self._memo: dict[tuple, object] | None = None
         self._kept = KeptFiles()
 
     @contextlib.contextmanager
@@ -78,20 +91,43 @@ class CgroupFS:
         """Within a tick each file is read at most once (a parent's walk and its children's records share
         their cgroup.procs), through descriptors kept open from tick to tick; the next tick reads afresh."""
         self._tick_cache = {}
+        self._memo = {}
         try:
             yield self
         finally:
             self._tick_cache = None
+            self._memo = None
             self._kept.sweep()
 
-    def _read(self, p: Path) -> str:
+    def _read(self, p: str | Path) -> str:
         cache = self._tick_cache
         if cache is None:
             return _read_file(p)  # outside a tick (the actuator): always a fresh open
-        text = cache.get(p)
+        key = p if isinstance(p, str) else os.fspath(p)
+        text = cache.get(key)
         if text is None:
-            text = cache[p] = self._kept.read(p)
+            text = cache[key] = self._kept.read(key)
         return text
+
+    def _stat(self, d: str) -> os.stat_result | None:
+        """A directory's stat, once a tick (existence, inode and link count come from the one call)."""
+        memo = self._memo
+        key = ("stat", d)
+        if memo is not None:
+            found = memo.get(key, _MISSING)
+            if found is not _MISSING:
+                return found  # type: ignore[return-value]
+        try:
+            st: os.stat_result | None = os.stat(d)
+        except OSError:
+            st = None
+        if memo is not None:
+            memo[key] = st
+        return st
+
+    def _is_dir(self, d: str) -> bool:
+        st = self._stat(d)
+        return st is not None and stat.S_ISDIR(st.st_mode)
 
     def close(self) -> None:
         self._kept.close()
@@ -100,11 +136,19 @@ class CgroupFS:
 
     def locate(self, path: str) -> tuple[Hierarchy, Path] | None:
         """The primary directory of `path`: its memory cgroup, else its cgroup2 directory."""
+        memo = self._memo
+        if memo is not None:
+            found = memo.get(("locate", path), _MISSING)
+            if found is not _MISSING:
+                return found  # type: ignore[return-value]
+        out = None
         for h in self._lookup:
-            d = h.dir_of(path)
-            if d.is_dir():
-                return h, d
-        return None
+            if self._is_dir(_dir_str(h, path)):
+                out = (h, h.dir_of(path))
+                break
+        if memo is not None:
+            memo[("locate", path)] = out
+        return out
 
     def resolve(self, patterns: Iterable[str]) -> list[str]:
         """Every existing cgroup matching any pattern (globs per path component), sorted, no duplicates."""
@@ -146,32 +190,68 @@ class CgroupFS:
 
     # ---- members ---------------------------------------------------------------------------------------------
 
-    def _members_of_dir(self, d: Path) -> set[int]:
-        pids: set[int] = set()
-        for root, _dirs, _files in os.walk(d):
+    def _members_of_dir(self, d: str | Path) -> set[int]:
+        """Every process in the subtree of directory `d`. Within a tick each directory is listed once, and a
+        parent's walk leaves its children's answers behind for their own records."""
+        return set(self._subtree(d if isinstance(d, str) else os.fspath(d)))
+
+    def _subtree(self, d: str) -> frozenset[int]:
+        memo = self._memo
+        if memo is not None:
+            found = memo.get(("members", d))
+            if found is not None:
+                return found  # type: ignore[return-value]
+        try:
+            pids = set(parse_pids(self._read(d + "/cgroup.procs")))
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTDIR):
+                raise
+            pids = set()
+        st = self._stat(d)
+        if st is not None and st.st_nlink == 2:
+            # A directory's link count is 2 plus its subdirectories on cgroupfs (kernfs), tmpfs and ext4: a
+            # leaf needs no listing (a filesystem that does not count them, as btrfs, says 1 and is listed).
+            children: list[str] = []
+        else:
             try:
-                pids.update(parse_pids(self._read(Path(root) / "cgroup.procs")))
-            except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.ENODEV):
-                    raise
-        return pids
+                with os.scandir(d) as entries:
+                    children = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                children = []  # gone meanwhile: what it held is gone with it
+        for child in children:
+            pids |= self._subtree(child)
+        out = frozenset(pids)
+        if memo is not None:
+            memo[("members", d)] = out
+        return out
 
     def twin(self, path: str, which: str) -> Path | None:
         """The directory of `path` in another hierarchy ("unified", or a v1 controller such as "freezer"),
         only if it exists and holds exactly the processes the path's primary directory holds.
 
         The primary directory is its own twin (a v2 host, or a path that exists only in cgroup2)."""
+        memo = self._memo
+        if memo is not None:
+            found = memo.get(("twin", path, which), _MISSING)
+            if found is not _MISSING:
+                return found  # type: ignore[return-value]
+        out = self._twin(path, which)
+        if memo is not None:
+            memo[("twin", path, which)] = out
+        return out
+
+    def _twin(self, path: str, which: str) -> Path | None:
         loc = self.locate(path)
         h = self.layout.unified if which == "unified" else self.layout.v1(which)
         if loc is None or h is None:
             return None
         if h is loc[0]:
             return loc[1]
-        d = h.dir_of(path)
-        if not d.is_dir():
+        d = _dir_str(h, path)
+        if not self._is_dir(d):
             return None
         try:
-            return d if self._members_of_dir(d) == self._members_of_dir(loc[1]) else None
+            return Path(d) if self._subtree(d) == self._subtree(os.fspath(loc[1])) else None
         except FileNotFoundError:
             return None
 
@@ -291,8 +371,11 @@ class CgroupFS:
             return None
         hier, d = loc
         try:
-            inode = os.stat(d).st_ino
-            members = self._members_of_dir(d)
+            st = self._stat(os.fspath(d))
+            if st is None:
+                return None  # removed since it was located
+            inode = st.st_ino
+            members = self._subtree(os.fspath(d))
             figures: dict = {}
             if fields & {"memory", "swap", "reclaim", "oom"}:
                 figures.update(self._memory_figures(hier, d, path, members, fields))
@@ -320,7 +403,7 @@ class CgroupFS:
         )
 
     def _memory_figures(
-        self, hier: Hierarchy, d: Path, path: str, members: set[int], fields: frozenset[str]
+        self, hier: Hierarchy, d: Path, path: str, members: AbstractSet[int], fields: frozenset[str]
     ) -> dict:
         if hier is self.layout.memory and hier.version == 1:
             return v1_memory(self._read, d, fields)
@@ -348,7 +431,7 @@ class CgroupFS:
         return total
 
     def _pressure(
-        self, hier: Hierarchy, path: str, members: set[int], host: HostStats | None, resource: str = "memory"
+        self, hier: Hierarchy, path: str, members: AbstractSet[int], host: HostStats | None, resource: str = "memory"
     ) -> Pressure | None:
         twin = self.layout.unified
         if path == "/":
@@ -364,15 +447,15 @@ class CgroupFS:
             return None
         if twin is None:
             return None  # pure v1: no per-cgroup PSI
-        td = twin.dir_of(path)
+        td = _dir_str(twin, path)
         # Trust the cgroup2 twin only if it holds exactly the processes the primary directory holds.
-        if twin is not hier and (not td.is_dir() or self._members_of_dir(td) != members):
+        if twin is not hier and (not self._is_dir(td) or self._subtree(td) != members):
             return None
         return self._own_pressure(td, resource)
 
-    def _own_pressure(self, td: Path, resource: str = "memory", bare: bool = False) -> Pressure | None:
+    def _own_pressure(self, td: str | Path, resource: str = "memory", bare: bool = False) -> Pressure | None:
         try:
-            return parse_pressure(self._read(td / (resource if bare else f"{resource}.pressure")))
+            return parse_pressure(self._read(f"{td}/{resource if bare else resource + '.pressure'}"))
         except (FileNotFoundError, ValueError):
             return None
         except OSError as e:
@@ -380,7 +463,7 @@ class CgroupFS:
                 return None
             raise
 
-    def _io(self, hier: Hierarchy, path: str, members: set[int]) -> dict:
+    def _io(self, hier: Hierarchy, path: str, members: AbstractSet[int]) -> dict:
         out: dict = {"io_pressure": self._pressure(hier, path, members, None, "io")}
         unified = self.twin(path, "unified")
         if unified is not None and (unified / "io.stat").exists():
@@ -398,13 +481,15 @@ class CgroupFS:
     def xattrs(self, path: str) -> dict[str, str]:
         """The cgroup's extended attributes, from its primary directory and, where systemd keeps them, its
         cgroup2 and name=systemd directories (the primary's win). trusted.* needs CAP_SYS_ADMIN to read."""
-        dirs: list[Path] = []
+        dirs: list[str] = []
         loc = self.locate(path)
         if loc is not None:
-            dirs.append(loc[1])
+            dirs.append(os.fspath(loc[1]))
         for h in (self.layout.unified, *(self.layout.v1(c) for c in self.XATTR_HIERARCHIES)):
-            if h is not None and h.dir_of(path).is_dir() and h.dir_of(path) not in dirs:
-                dirs.append(h.dir_of(path))
+            if h is not None:
+                d = _dir_str(h, path)
+                if d not in dirs and self._is_dir(d):
+                    dirs.append(d)
         out: dict[str, str] = {}
         for d in reversed(dirs):
             try:
