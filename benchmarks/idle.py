@@ -6,9 +6,10 @@ Facebook's oomd (built outside this repository); earlyoom and nohang are taken f
 Each cgroup count gets a fresh tree `pyoomd-idle-<pid>/cgNNNN` in /sys/fs/cgroup/{memory,unified}, each cgroup
 holding one `sleep` (or nothing, with --empty). The daemons run one after another, never side by side, so that
 none pays for another's reads. pyoomd and oomd get the same pressure-only policy: pressure_above on every cgroup,
-and a kill action that is dry. earlyoom and nohang watch the host alone, so N does not apply to them; they run at
-each N anyway, as a check that the figures are stable. Nothing can be killed: every daemon is configured not to
-act (checked before it starts), and each one's thresholds are far from this idle host's state.
+and kill_by_pressure, dry (a ranking by pressure: on this hybrid host oomd has no memory figures to rank by).
+earlyoom and nohang watch the host alone, so N does not apply to them; they run at each N anyway, as a check
+that the figures are stable. Nothing can be killed: every daemon is configured not to act (checked before it
+starts), and each one's thresholds are far from this idle host's state.
 
 CPU % is of one core: utime+stime (all threads) from /proc/PID/stat over the window. PSS, split into anon and
 file, is from /proc/PID/smaps_rollup at the window's end. reads/s counts read syscalls (/proc/PID/io), which
@@ -146,8 +147,9 @@ class Daemon:
 
 
 def pyoomd_label(p: psutil.Process) -> str:
-    """`python -m supervisor` is the supervisor, `python -P -m workers.NAME` a worker."""
-    cmd = p.cmdline()
+    """`python -m supervisor` is the supervisor, `python -P -m workers.NAME` a worker (a forked one's title is one
+    string: setproctitle)."""
+    cmd = " ".join(p.cmdline()).split()
     module = cmd[cmd.index("-m") + 1] if "-m" in cmd[:-1] else ""
     return module.removeprefix("workers.") if module != "supervisor" else "supervisor"
 
@@ -169,7 +171,7 @@ rulesets:
         all:
           - pressure_above: {{cgroup: "{prefix}/*", resource: memory, threshold: 80, duration: 60}}
     actions:
-      - kill_by_memory_size_or_growth: {{cgroup: "{prefix}/*", dry: true}}
+      - kill_by_pressure: {{cgroup: "{prefix}/*", resource: memory, dry: true}}
 """
 
 
@@ -191,7 +193,7 @@ NON_KILLING_OOMD_ACTIONS = {"continue", "stop"}
 def oomd_config(prefix: str) -> dict:
     detector = {"name": "pressure_above",
                 "args": {"cgroup": f"{prefix}/*", "resource": "memory", "threshold": "80", "duration": "60"}}
-    action = {"name": "kill_by_memory_size_or_growth", "args": {"cgroup": f"{prefix}/*", "dry": "true"}}
+    action = {"name": "kill_by_pressure", "args": {"cgroup": f"{prefix}/*", "resource": "memory", "dry": "true"}}
     return {"rulesets": [{"name": "idle benchmark", "detectors": [["pressure", detector]], "actions": [action]}]}
 
 

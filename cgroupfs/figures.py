@@ -15,7 +15,8 @@ from cgroupfs.parse import parse_flat_keyed, parse_limit
 # Paths are built as strings on this hot path: a pathlib object costs more to make than the pread itself.
 Read = Callable[[str], str]
 
-# The groups a plugin can ask for. "tree" facts (members, populated) are always read: every record needs them.
+# The groups a plugin can ask for. "tree" (members, populated, dying descendants) only when asked, as the rest:
+# reading a cgroup's members means its cgroup.procs and those of all its descendants.
 FIELD_GROUPS = frozenset({"memory", "swap", "reclaim", "oom", "tree", "pressure", "io", "xattrs"})
 
 

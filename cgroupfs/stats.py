@@ -45,7 +45,7 @@ class CgroupStats(msgspec.Struct, frozen=True):
     # "oom"
     failcnt: int | None = None  # v1: times usage hit the limit
     oom_kills: int | None = None  # kernel OOM kills in the subtree (v1 4.13+, v2)
-    # "tree" (always read)
+    # "tree": what kill actions need (a candidate holds processes) and nr_dying_descendants
     nr_procs: int | None = None  # processes in the subtree
     populated: bool | None = None
     nr_dying_descendants: int | None = None  # v2 only

@@ -12,8 +12,8 @@ import errno
 import fnmatch
 import os
 import stat
+import time
 from collections.abc import Iterable, Iterator
-from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from cgroupfs.figures import (
@@ -37,6 +37,7 @@ from cgroupfs.parse import (
 from cgroupfs.stats import CgroupStats, HostStats, Pressure
 
 FIELDS_ALL = FIELD_GROUPS
+TWIN_RECHECK = 5.0  # seconds a twin verdict is trusted by the collector before both member lists are read again
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -84,6 +85,8 @@ class CgroupFS:
         # Within a tick, what a record's parts ask again and again: a path's directories, a directory's members,
         # a twin's verdict. Each is found once a tick (the members walk alone was done four times per cgroup).
         self._memo: dict[tuple, object] | None = None
+        # (path, hierarchy) -> (recheck after, (primary inode, twin inode), verdict): see _recent_twin
+        self._twin_verdicts: dict[tuple[str, str], tuple[float, tuple[int, int], Path | None]] = {}
         self._kept = KeptFiles()
 
     @contextlib.contextmanager
@@ -231,14 +234,35 @@ class CgroupFS:
 
         The primary directory is its own twin (a v2 host, or a path that exists only in cgroup2)."""
         memo = self._memo
-        if memo is not None:
-            found = memo.get(("twin", path, which), _MISSING)
-            if found is not _MISSING:
-                return found  # type: ignore[return-value]
-        out = self._twin(path, which)
-        if memo is not None:
-            memo[("twin", path, which)] = out
+        if memo is None:
+            return self._twin(path, which)  # outside a tick (the actuator): always checked afresh
+        found = memo.get(("twin", path, which), _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        out = self._recent_twin(path, which)
+        memo[("twin", path, which)] = out
         return out
+
+    def _recent_twin(self, path: str, which: str) -> Path | None:
+        """The collector's view: a verdict is checked again once TWIN_RECHECK has passed, or at once when either
+        directory is not the one it was (recreated: another inode). Reading both cgroup.procs of every cgroup
+        every tick was most of an idle tick; the actuator, which acts on the answer, always checks afresh."""
+        loc = self.locate(path)
+        h = self.layout.unified if which == "unified" else self.layout.v1(which)
+        if loc is None or h is None:
+            return None
+        primary = self._stat(os.fspath(loc[1]))
+        other = self._stat(_dir_str(h, path))
+        identity = (primary.st_ino if primary else 0, other.st_ino if other else 0)
+        now = time.monotonic()
+        cached = self._twin_verdicts.get((path, which))
+        if cached is not None and cached[0] > now and cached[1] == identity:
+            return cached[2]
+        verdict = self._twin(path, which)
+        if len(self._twin_verdicts) > 50_000:  # cgroups come and go: start afresh rather than grow
+            self._twin_verdicts.clear()
+        self._twin_verdicts[(path, which)] = (now + TWIN_RECHECK, identity, verdict)
+        return verdict
 
     def _twin(self, path: str, which: str) -> Path | None:
         loc = self.locate(path)
@@ -375,36 +399,30 @@ class CgroupFS:
             if st is None:
                 return None  # removed since it was located
             inode = st.st_ino
-            members = self._subtree(os.fspath(d))
             figures: dict = {}
             if fields & {"memory", "swap", "reclaim", "oom"}:
-                figures.update(self._memory_figures(hier, d, path, members, fields))
+                figures.update(self._memory_figures(hier, d, path, fields))
             if "tree" in fields:
+                members = self._subtree(os.fspath(d))
+                figures["nr_procs"] = len(members)
+                figures["populated"] = bool(members)  # members of the whole subtree, as the kernel counts them
                 # Dying descendants are a cgroup2 fact; a hybrid host has them in the verified twin.
                 tree_dir = d if hier.version == 2 else self.twin(path, "unified")
                 if tree_dir is not None:
                     figures.update(v2_tree(self._read, tree_dir))
             if "pressure" in fields:
-                figures["pressure"] = self._pressure(hier, path, members, host)
+                figures["pressure"] = self._pressure(hier, path, host)
             if "io" in fields:
-                figures.update(self._io(hier, path, members))
+                figures.update(self._io(hier, path))
             if "xattrs" in fields:
                 figures["xattrs"] = self.xattrs(path)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENODEV):
                 return None  # removed while we read it
             raise
-        return CgroupStats(
-            path=path,
-            inode=inode,
-            nr_procs=len(members),
-            populated=bool(members),  # members of the whole subtree, as the kernel's "populated" counts
-            **figures,
-        )
+        return CgroupStats(path=path, inode=inode, **figures)
 
-    def _memory_figures(
-        self, hier: Hierarchy, d: Path, path: str, members: AbstractSet[int], fields: frozenset[str]
-    ) -> dict:
+    def _memory_figures(self, hier: Hierarchy, d: Path, path: str, fields: frozenset[str]) -> dict:
         if hier is self.layout.memory and hier.version == 1:
             return v1_memory(self._read, d, fields)
         if hier.version == 2 and (d / "memory.current").exists():
@@ -418,7 +436,7 @@ class CgroupFS:
         # No memory cgroup of its own (a cgroup2 directory on a hybrid host): the members' resident memory
         # stands in, marked as an estimate.
         if "memory" in fields:
-            return {"usage": self._rss_sum(members), "memory_estimated": True}
+            return {"usage": self._rss_sum(self._subtree(os.fspath(d))), "memory_estimated": True}
         return {}
 
     def _rss_sum(self, pids: set[int]) -> int:
@@ -430,9 +448,8 @@ class CgroupFS:
                 continue
         return total
 
-    def _pressure(
-        self, hier: Hierarchy, path: str, members: AbstractSet[int], host: HostStats | None, resource: str = "memory"
-    ) -> Pressure | None:
+    def _pressure(self, hier: Hierarchy, path: str, host: HostStats | None, resource: str = "memory"
+                  ) -> Pressure | None:
         twin = self.layout.unified
         if path == "/":
             # The root of what we see. Its own memory.pressure, where the kernel has one, is right both on the
@@ -447,11 +464,9 @@ class CgroupFS:
             return None
         if twin is None:
             return None  # pure v1: no per-cgroup PSI
-        td = _dir_str(twin, path)
         # Trust the cgroup2 twin only if it holds exactly the processes the primary directory holds.
-        if twin is not hier and (not self._is_dir(td) or self._subtree(td) != members):
-            return None
-        return self._own_pressure(td, resource)
+        td = self.twin(path, "unified")
+        return None if td is None else self._own_pressure(td, resource)
 
     def _own_pressure(self, td: str | Path, resource: str = "memory", bare: bool = False) -> Pressure | None:
         try:
@@ -463,8 +478,8 @@ class CgroupFS:
                 return None
             raise
 
-    def _io(self, hier: Hierarchy, path: str, members: AbstractSet[int]) -> dict:
-        out: dict = {"io_pressure": self._pressure(hier, path, members, None, "io")}
+    def _io(self, hier: Hierarchy, path: str) -> dict:
+        out: dict = {"io_pressure": self._pressure(hier, path, None, "io")}
         unified = self.twin(path, "unified")
         if unified is not None and (unified / "io.stat").exists():
             out.update(v2_io_totals(self._read(unified / "io.stat")))

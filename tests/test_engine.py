@@ -242,7 +242,7 @@ def test_needs_merge_what_plugins_declare():
     policy = load_policy_text(ruleset(PRESSURE_GROUP), "t.yaml")
     needs = policy_needs(policy)
     assert needs.cgroups == ("/p", "/p/*")
-    assert needs.fields == {"memory", "pressure", "xattrs"}  # kill actions read the preference xattrs
+    assert needs.fields == {"memory", "pressure", "xattrs", "tree"}  # kill actions: preference xattrs, members
     assert needs.history is True
     assert needs.pressure_watch == (("/p", 10.0),)
 

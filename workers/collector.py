@@ -70,7 +70,7 @@ class SnapshotTaker:
 
     def take(self, generation: int) -> Snapshot:
         cgroups = []
-        fields = self.needs.fields | {"tree"}
+        fields = self.needs.fields
         with self.fs.tick():
             host = self.fs.read_host()
             paths = self.fs.resolve(self.needs.cgroups)  # globs resolved afresh every tick

@@ -147,7 +147,8 @@ class KillPlugin(Plugin):
         self.interval = self.ruleset.interval
 
     def needs(self) -> Needs:
-        return Needs(cgroups=self.watched_patterns(), fields=self.fields | {"xattrs"}, history=self.history)
+        # tree: a candidate must hold processes (nr_procs); xattrs: the kill preferences.
+        return Needs(cgroups=self.watched_patterns(), fields=self.fields | {"xattrs", "tree"}, history=self.history)
 
     def watched_patterns(self) -> tuple[str, ...]:
         """With `recursive`, the descendants down to RECURSIVE_DEPTH too: the collector then reads them, and the
