@@ -80,6 +80,11 @@ class Stop(Message, tag="stop"):
     pass
 
 
+class WantFullSnapshot(Message, tag="want-full-snapshot"):
+    """The detector needs a full snapshot now (a ruleset is about to act, or a query): the supervisor passes it
+    on to the collector, which takes one at once."""
+
+
 class Query(Message, tag="query"):
     """The supervisor asks the detector for what only it holds (for the D-Bus interface)."""
 
@@ -124,6 +129,9 @@ class Snapshot(Message, tag="snapshot"):
     monotonic: float  # CLOCK_MONOTONIC, comparable across processes of this host
     host: HostStats
     cgroups: list[CgroupStats]
+    # With what actions read too (Needs.action_cgroups/action_fields); a tick's snapshot has only what the
+    # detectors read. A ruleset acts only on a full one.
+    full: bool = True
 
 
 # ---- commands: detector <-> actuator ---------------------------------------------------------------------------
@@ -319,7 +327,7 @@ ForkServerAnswer = Spawned | ForkServerReady
 
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
-    | RulesetDisabled | PeerRestarted | Query | QueryAnswer | RulesetFired | RulesetStates
+    | RulesetDisabled | PeerRestarted | Query | QueryAnswer | RulesetFired | RulesetStates | WantFullSnapshot
 )
 CommandMessage = KillCommand | WriteCommand | UnitCommand | CommandResult
 AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | UnitCommand | CommandResult

@@ -23,9 +23,11 @@ class History:
     """Per-cgroup figures kept across ticks (oomd's context archive). Kept only while a cgroup is seen."""
 
     average_usage: dict[str, float] = field(default_factory=dict)
-    # path -> field -> per-second rate of a cumulative counter between the last two snapshots
+    # path -> field -> per-second rate of a cumulative counter between the last two snapshots that had it
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
-    _last: dict[str, tuple[float, CgroupStats]] = field(default_factory=dict)
+    # path -> field -> (monotonic, inode, value) of its last reading: a tick's snapshot may leave a counter out
+    # (actions' figures are read only for the snapshots they act on), and the next reading pairs with this one.
+    _last: dict[str, dict[str, tuple[float, int, int]]] = field(default_factory=dict)
 
     def update(self, snapshot: Snapshot) -> None:
         self._update_rates(snapshot)
@@ -40,17 +42,22 @@ class History:
         self.average_usage = seen
 
     def _update_rates(self, snapshot: Snapshot) -> None:
-        last, rates = {}, {}
+        last: dict[str, dict[str, tuple[float, int, int]]] = {}
+        rates: dict[str, dict[str, float]] = {}
+        now = snapshot.monotonic
         for cg in snapshot.cgroups:
-            prev = self._last.get(cg.path)
-            if prev is not None and prev[1].inode == cg.inode and snapshot.monotonic > prev[0]:
-                elapsed = snapshot.monotonic - prev[0]
-                rates[cg.path] = {
-                    name: max(getattr(cg, name) - getattr(prev[1], name), 0) / elapsed
-                    for name in RATE_FIELDS
-                    if getattr(cg, name) is not None and getattr(prev[1], name) is not None
-                }
-            last[cg.path] = (snapshot.monotonic, cg)
+            before = self._last.get(cg.path, {})
+            kept = last[cg.path] = {}
+            for name in RATE_FIELDS:
+                value = getattr(cg, name)
+                prev = before.get(name)
+                if value is None:
+                    if prev is not None and prev[1] == cg.inode:
+                        kept[name] = prev  # not read this time: the next reading pairs with the last one
+                    continue
+                if prev is not None and prev[1] == cg.inode and now > prev[0]:
+                    rates.setdefault(cg.path, {})[name] = max(value - prev[2], 0) / (now - prev[0])
+                kept[name] = (now, cg.inode, value)
         self._last, self.rates = last, rates
 
     def rate(self, cg: CgroupStats, name: str) -> float | None:

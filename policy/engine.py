@@ -72,6 +72,8 @@ class RulesetState:
     ruleset_cgroup: str | None
     groups: list[tuple[str, list[Plugin]]]
     actions: list[Plugin]
+    # Its actions read what a tick's snapshot leaves out: they run only on a full one, asked for when it fires.
+    needs_full: bool = False
     paused_until: float = 0.0
     pending: Pending | None = None
     resume_at: int | None = None
@@ -91,6 +93,7 @@ class TickOutcome:
     commands: list[KillCommand] = field(default_factory=list)
     fired: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, group)
     began: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, group) that did not fire before
+    want_full: bool = False  # a ruleset would act, but this snapshot lacks what its actions read
     disabled: list[tuple[str, str]] = field(default_factory=list)  # (ruleset key, reason), newly disabled
 
 
@@ -105,12 +108,23 @@ def compile_ruleset(spec: Ruleset, interval: float, key: str | None = None, cgro
     opts = ruleset_options(spec, interval)
     groups = [(g.name, [build_plugin(d, "detector", opts) for d in g.detectors]) for g in spec.detector_groups]
     actions = [build_plugin(a, "action", opts) for a in spec.actions]
-    return RulesetState(spec=spec, key=key or spec.name, ruleset_cgroup=cgroup, groups=groups, actions=actions)
+    needs_full = any(reads_on_demand(a) and (a.needs().cgroups or a.needs().fields) for a in actions)
+    return RulesetState(spec=spec, key=key or spec.name, ruleset_cgroup=cgroup, groups=groups, actions=actions,
+                        needs_full=needs_full)
+
+
+def reads_on_demand(plugin: Plugin) -> bool:
+    """An action whose figures are read only when it is about to run: one that says so (the kill actions; not
+    senpai, which acts every tick) and whose history, if any, is only rates of counters (two full snapshots a
+    moment apart give those; a running average of usage needs every tick's figures)."""
+    return plugin.reads_when_acting and (not plugin.needs().history or getattr(plugin, "rates_only", False))
 
 
 def _merge_needs(rulesets: list[RulesetState]) -> Needs:
     patterns: list[str] = []
     fields: set[str] = set()
+    action_patterns: list[str] = []
+    action_fields: set[str] = set()
     history = False
     watch: list[tuple[str, float]] = []
     usage: list[tuple[str, float | None, int | None]] = []
@@ -122,15 +136,18 @@ def _merge_needs(rulesets: list[RulesetState]) -> Needs:
             fields.add("xattrs")
         for plugin in [p for _, ps in rs.groups for p in ps] + rs.actions:
             n = plugin.needs()
-            patterns.extend(p for p in n.cgroups if p not in patterns)
-            fields |= n.fields
+            on_demand = plugin in rs.actions and reads_on_demand(plugin)
+            into_patterns, into_fields = (action_patterns, action_fields) if on_demand else (patterns, fields)
+            into_patterns.extend(p for p in n.cgroups if p not in into_patterns)
+            into_fields |= n.fields
             history = history or n.history
             watch.extend(w for w in n.pressure_watch if w not in watch)
             usage.extend(w for w in n.usage_watch if w not in usage)
             triggers.extend(w for w in n.trigger_watch if w not in triggers)
     return Needs(
         cgroups=tuple(patterns), fields=frozenset(fields), history=history, pressure_watch=tuple(watch),
-        usage_watch=tuple(usage), trigger_watch=tuple(triggers),
+        usage_watch=tuple(usage), trigger_watch=tuple(triggers), action_cgroups=tuple(action_patterns),
+        action_fields=frozenset(action_fields),
     )
 
 
@@ -271,6 +288,11 @@ class Engine:
             rs.last_fired = fired
             ctx.group = fired
         else:
+            return self._count_failures(rs, out)
+        if rs.needs_full and not snapshot.full:
+            # Its actions rank on figures only a full snapshot reads: ask for one, act on it (at once).
+            rs.resume_at = start
+            out.want_full = True
             return self._count_failures(rs, out)
         failed = self._run_actions(rs, ctx, start)
         out.commands.extend(ctx.submitted)

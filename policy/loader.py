@@ -12,6 +12,8 @@ whichever format it is written in.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,7 +21,10 @@ from typing import Any, NamedTuple
 import msgspec
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.composer import Composer, ComposerError, MaxDepthExceededError
+from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent, ScalarEvent
 from ruamel.yaml.reader import ReaderError
 
 from policy.model import (
@@ -64,10 +69,24 @@ Pos = tuple[int, int]  # 0-based (line, column), as ruamel.yaml records them
 # ("action", r, i), and a plugin's key + (argument name,) for the value of that argument.
 Spots = dict[tuple[Any, ...], tuple[int, int]]
 
+
+def lc_pos(node: Any, key: Any, value: bool = False) -> Pos:
+    """Where a mapping's key (or, with `value`, its value) or a sequence's item `key` was written. Where ruamel
+    recorded no position, the position of `node` itself: for the keys a mapping got through a merge
+    (`<<: *base`), and inside an explicitly tagged collection (`!!omap [...]`, `!foo {...}`)."""
+    lc = getattr(node, "lc", None)
+    try:
+        entry = lc.data[key]  # type: ignore[union-attr]
+        return (entry[2], entry[3]) if value else (entry[0], entry[1])
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return (lc.line or 0, lc.col or 0) if lc is not None else (0, 0)
+
+
 POLICY_VERSION = 1  # the policy language this pyoomd reads; `version` in a file says which one it speaks
 DEFAULT_POST_ACTION_DELAY = 15.0
 LOG_ENTITIES: tuple[LogEntity, ...] = ("engine", "plugins")
 GLOB_ARG_KINDS = ("globs", "cgroups")  # declared argument kinds that take a list of patterns
+WIRE_INT_MIN, WIRE_INT_MAX = -(2**63), 2**64 - 1  # the integers msgpack can carry
 
 Keys = Mapping[str, tuple[str, ...]]  # canonical key -> the spellings a format accepts (the preferred first)
 
@@ -110,10 +129,10 @@ class Fields:
         return self.node[self._keys[name]]
 
     def key_pos(self, name: str) -> Pos:
-        return tuple(self.node.lc.key(self._keys[name]))  # type: ignore[return-value]
+        return lc_pos(self.node, self._keys[name])
 
     def value_pos(self, name: str) -> Pos:
-        return tuple(self.node.lc.value(self._keys[name]))  # type: ignore[return-value]
+        return lc_pos(self.node, self._keys[name], value=True)
 
 
 class Checker:
@@ -135,10 +154,10 @@ class Checker:
     @staticmethod
     def node_pos(node: Any, fallback: Pos) -> Pos:
         lc = getattr(node, "lc", None)
-        return (lc.line, lc.col) if lc is not None else fallback
+        return (lc.line, lc.col) if lc is not None and lc.line is not None else fallback
 
     def item_pos(self, seq: CommentedSeq, i: int) -> Pos:
-        return self.node_pos(seq[i], tuple(seq.lc.item(i)))  # type: ignore[arg-type]
+        return self.node_pos(seq[i], lc_pos(seq, i))
 
     def fields(
         self, node: Any, where: str, pos: Pos, keys: Keys, misplaced: Mapping[str, str] | None = None
@@ -151,7 +170,7 @@ class Checker:
         spelling = {s: canon for canon, spellings in keys.items() for s in spellings}
         found: dict[str, Any] = {}
         for key in node:
-            kpos: Pos = tuple(node.lc.key(key))  # type: ignore[assignment]
+            kpos = lc_pos(node, key)
             canon = spelling.get(key) if isinstance(key, str) else None
             if canon is None:
                 if misplaced and key in misplaced:
@@ -181,13 +200,26 @@ class Checker:
         except (ValueError, TypeError) as e:
             self.error(f.value_pos(name), f"'{f.key(name)}': {e}")
             return default
+        except OverflowError:
+            # float() of an integer past a float's range (post_action_delay: 1 followed by 400 zeros)
+            self.error(f.value_pos(name), f"'{f.key(name)}': the number is too large")
+            return default
 
 
 # ---- values ----------------------------------------------------------------------------------------------------
 
 
-def _positive_duration(value: Any) -> float:
+def _duration(value: Any) -> float:
     seconds = parse_duration(value)
+    # YAML's .nan and .inf (and 1e400, which YAML reads as inf) are floats parse_duration takes. A NaN delay
+    # compares false with every clock reading, so the ruleset would never rest after a kill.
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite number of seconds, got {value!r}")
+    return seconds
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = _duration(value)
     if seconds <= 0:
         raise ValueError(f"must be greater than zero, got {value!r}")
     return seconds
@@ -302,7 +334,7 @@ def check_rulesets(c: Checker, f: Fields, d: Dialect, interval: float, drop_in: 
         if rs is None:
             continue
         if rs.name in names:
-            c.error(tuple(node.lc.value("name")), f"duplicate ruleset name '{rs.name}'")  # type: ignore[arg-type]
+            c.error(lc_pos(node, "name", value=True), f"duplicate ruleset name '{rs.name}'")
         names.add(rs.name)
         out.append(rs)
     return out
@@ -320,7 +352,7 @@ def _ruleset(c: Checker, node: Any, pos: Pos, d: Dialect, interval: float, index
         if required not in f:
             c.error(pos, f"ruleset is missing '{d.ruleset_keys[required][0]}'")
     name = c.get(f, "name", parse_name, "")
-    delay = c.get(f, "post_action_delay", parse_duration, DEFAULT_POST_ACTION_DELAY)
+    delay = c.get(f, "post_action_delay", _duration, DEFAULT_POST_ACTION_DELAY)
     timeout = c.get(f, "prekill_hook_timeout", _positive_duration, None)
     silence = c.get(f, "silence_logs", _log_entities, [])
     options = _drop_in_options(c, f, d) if "drop_in" in f else DropInOptions()
@@ -388,6 +420,24 @@ def _declared_kinds(name: str, kind: PluginKind) -> dict[str, str]:
         return {}
 
 
+def _overflowing_arg(name: str, kind: PluginKind, args: Mapping[str, ArgValue]) -> str | None:
+    """The argument whose declared parsing raises OverflowError, to point at its value; None if none does alone."""
+    try:
+        decls = {a.name: a for a in lookup(name, kind).args}
+    except ArgError:
+        return None
+    for arg, value in args.items():
+        if arg not in decls:
+            continue
+        try:
+            decls[arg].parse(value)
+        except OverflowError:
+            return arg
+        except (ValueError, TypeError):
+            continue
+    return None
+
+
 def _plugin(c: Checker, raw: RawPlugin, kind: PluginKind, opts: RulesetOptions, at: tuple[Any, ...],
             no_cgroup: bool) -> PluginSpec | None:
     args: dict[str, ArgValue] = {}
@@ -395,7 +445,7 @@ def _plugin(c: Checker, raw: RawPlugin, kind: PluginKind, opts: RulesetOptions, 
     declared = _declared_kinds(raw.name, kind)
     bad = False
     for arg, value in raw_args.items():
-        vpos: Pos = tuple(raw_args.lc.value(arg))  # type: ignore[assignment]
+        vpos = lc_pos(raw_args, arg, value=True)
         name = str(arg)
         if isinstance(value, list):
             # A list of patterns is written as one comma-separated string, so the wire stays scalars and the
@@ -408,6 +458,15 @@ def _plugin(c: Checker, raw: RawPlugin, kind: PluginKind, opts: RulesetOptions, 
                 bad = True
             else:
                 args[name] = ",".join(str(v) for v in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            # .nan, .inf, 1e400: no argument means anything with them (a NaN threshold is never crossed).
+            c.error(vpos, f"{raw.name}: argument '{name}' must be a finite number, got {value!r}")
+            bad = True
+        elif isinstance(value, int) and not isinstance(value, bool) and not WIRE_INT_MIN <= value <= WIRE_INT_MAX:
+            # Arguments travel to the workers as they were written, and msgpack carries no larger integer: the
+            # policy would pass here and then fail to reach them.
+            c.error(vpos, f"{raw.name}: argument '{name}': the number is too large")
+            bad = True
         elif _is_scalar(value):
             args[name] = _plain(value)
         else:
@@ -421,14 +480,22 @@ def _plugin(c: Checker, raw: RawPlugin, kind: PluginKind, opts: RulesetOptions, 
     try:
         plugin = build_plugin(spec, kind, opts)
     except ArgError as e:
-        if e.arg is not None and e.arg in raw_args:
-            where = tuple(raw_args.lc.value(e.arg) if e.at_value else raw_args.lc.key(e.arg))
+        known = e.arg is not None and e.arg in raw_args
+        where = lc_pos(raw_args, e.arg, value=e.at_value) if known else raw.name_pos
+        c.error(where, f"{raw.name}: {e}")
+        return None
+    except OverflowError as e:
+        # The declarations turn a bad value into ArgError, but float() and int() raise OverflowError for an integer
+        # past a float's range or an infinite size (threshold: 1 followed by 400 zeros, size_threshold: 1e400).
+        arg = _overflowing_arg(raw.name, kind, args)
+        if arg is None:
+            c.error(raw.name_pos, f"{raw.name}: a number is too large ({e})")
         else:
-            where = raw.name_pos
-        c.error(where, f"{raw.name}: {e}")  # type: ignore[arg-type]
+            c.error(lc_pos(raw_args, arg, value=True),
+                    f"{raw.name}: argument '{arg}': the number is too large")
         return None
     if no_cgroup and getattr(plugin, "ruleset_cgroup", ()):
-        c.error(tuple(raw_args.lc.key("ruleset_cgroup")),  # type: ignore[arg-type]
+        c.error(lc_pos(raw_args, "ruleset_cgroup"),
                 f"{raw.name}: 'ruleset_cgroup' is relative to the ruleset's 'cgroup', which this ruleset does not set")
         return None
     return spec
@@ -468,20 +535,130 @@ class YamlDialect(Dialect):
         (name,) = node.keys()
         args = node[name]
         if args is not None and not isinstance(args, CommentedMap):
-            c.error(tuple(node.lc.value(name)), f"the arguments of '{name}' must be a mapping")  # type: ignore[arg-type]
+            c.error(lc_pos(node, name, value=True), f"the arguments of '{name}' must be a mapping")
             return None
-        return RawPlugin(str(name), tuple(node.lc.key(name)), args)  # type: ignore[arg-type]
+        return RawPlugin(str(name), lc_pos(node, name), args)
 
 
 YAML_DIALECT = YamlDialect()
+
+
+# A policy is a few levels deep and a few hundred nodes large. Past these bounds a file is refused where it
+# crosses them: the checker walks the tree recursively and prints values in its messages, so a deeper file would
+# end in RecursionError, and a YAML alias bomb ("billion laughs": each alias repeating an anchor made of aliases)
+# would be expanded by those walks and messages until time or memory ran out, while ruamel itself loads it in
+# milliseconds (an alias is the same object again).
+MAX_DEPTH = 64
+MAX_NODES = 100_000  # counting each alias as the whole subtree it repeats
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _BoundedComposer(Composer):
+    """ruamel's composer, refusing (at the offending node or alias) a document nested deeper than MAX_DEPTH, one
+    that expands through its aliases to more than MAX_NODES nodes, and an alias inside its own anchor (a
+    recursive structure, which every walk of the tree would follow forever)."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self._expanded = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> its expanded size, once it is complete
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.parser.peek_event().start_mark
+        if self.parser.check_event(AliasEvent):
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:
+                raise ComposerError(None, None, "an alias may not refer to a node that contains it", mark)
+            self._count(size, mark)
+            return node
+        if self.parser.check_event(ScalarEvent) and _SURROGATE.search(self.parser.peek_event().value):
+            # A "\udcff" escape in a double-quoted string: Python takes it, but it is not text, and the policy
+            # could not be sent to the workers (msgpack encodes UTF-8).
+            raise ComposerError(None, None, "a string with a lone surrogate (an escape like \\udcff) is not text",
+                                mark)
+        before = self._expanded
+        node = super().compose_node(parent, index)
+        self._count(1, mark)
+        self._sizes[id(node)] = self._expanded - before
+        return node
+
+    def _count(self, size: int, mark: Any) -> None:
+        self._expanded += size
+        if self._expanded > MAX_NODES:
+            raise ComposerError(None, None, f"the document expands to more than {MAX_NODES} nodes "
+                                "(aliases counted at every use): a policy is never this large", mark)
+
+
+# What ruamel's constructors let escape, unpositioned, on values the document's tags or aliases make impossible:
+# an integer of more than 4300 digits, an impossible date, an alias of a list of lists as a key of a `!!set` or
+# `!!omap` (TypeError), and from deeper inside, `!!bool abc` (KeyError), `!!int 0x` (IndexError), a collection's
+# tag on a scalar, `!!omap x` (AttributeError).
+_CONSTRUCTION_ERRORS = (ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError)
+
+
+def _unpositioned(e: Exception, node: Any) -> ConstructorError:
+    tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+    message = f"cannot read this value as {tag}"
+    if isinstance(e, ValueError | OverflowError | TypeError):
+        # Python's advice after the ';' (sys.set_int_max_str_digits) is not for a policy's author.
+        message += ": " + str(e).split(";", 1)[0]
+    return ConstructorError(None, None, message, node.start_mark)
+
+
+def _positioned(generator: Any, node: Any) -> Any:
+    try:
+        yield from generator
+    except MarkedYAMLError:
+        raise
+    except _CONSTRUCTION_ERRORS as e:
+        raise _unpositioned(e, node) from None
+
+
+class _PositionedConstructor(RoundTripConstructor):
+    """ruamel's round-trip constructor, with the errors Python raises while constructing a value turned into
+    ruamel's positioned ConstructorError, at the node they came from."""
+
+    def construct_non_recursive_object(self, node: Any, tag: str | None = None) -> Any:
+        pending = len(self.state_generators)
+        try:
+            data = super().construct_non_recursive_object(node, tag)
+        except MarkedYAMLError:
+            raise
+        except _CONSTRUCTION_ERRORS as e:
+            raise _unpositioned(e, node) from None
+        # A collection is filled in later, by generators that construct_document runs after this returns: each
+        # keeps its node, for the position of what it raises.
+        self.state_generators[pending:] = [
+            g if g.gi_code is _positioned.__code__ else _positioned(g, node) for g in self.state_generators[pending:]
+        ]
+        return data
+
+    def check_mapping_key(self, node: Any, key_node: Any, mapping: Any, key: Any, value: Any) -> bool:
+        # A key that is an alias of a list of lists (`? *anchor`) passes ruamel's own hashability check as a
+        # tuple of lists, and fails only when hashed.
+        try:
+            return super().check_mapping_key(node, key_node, mapping, key, value)
+        except TypeError:
+            raise ConstructorError(None, None, "found unhashable key (a list of lists, used as a key through an "
+                                   "alias)", key_node.start_mark) from None
 
 
 def parse_tree(text: str, source: str, label: str = "YAML", preserve_quotes: bool = False) -> Any:
     """The round-trip tree (positions kept), or PolicyInvalid with the parser's position."""
     yaml = YAML(typ="rt")
     yaml.preserve_quotes = preserve_quotes  # oomd_json checks that strings were written in double quotes
+    yaml.Composer = _BoundedComposer
+    yaml.Constructor = _PositionedConstructor
+    yaml.max_depth = MAX_DEPTH
     try:
         return yaml.load(text)
+    except MaxDepthExceededError as e:
+        # ruamel's own message suggests raising YAML().max_depth, which a policy's author cannot do.
+        mark = e.problem_mark
+        line, col = (mark.line, mark.column) if mark else (0, 0)
+        raise PolicyInvalid([PolicyError(source, line + 1, col + 1,
+                                         f"{label}: nested deeper than {MAX_DEPTH} levels")]) from None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line, mark.column) if mark else (0, 0)
@@ -505,7 +682,7 @@ def _version(c: Checker, doc: Any) -> None:
         return
     value = doc["version"]
     if isinstance(value, bool) or not isinstance(value, int) or value != POLICY_VERSION:
-        c.error(tuple(doc.lc.value("version")),  # type: ignore[arg-type]
+        c.error(lc_pos(doc, "version", value=True),
                 f"unsupported policy version {value!r}: this pyoomd reads version {POLICY_VERSION}")
         raise PolicyInvalid(c.errors)
 

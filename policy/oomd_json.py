@@ -39,6 +39,7 @@ from policy.loader import (
     Spots,
     check_plugins,
     check_rulesets,
+    lc_pos,
     offset_pos,
     parse_name,
     parse_tree,
@@ -155,11 +156,11 @@ def _strictly_json(c: Checker, node: Any, pos: Pos) -> None:
     if isinstance(node, CommentedMap):
         for key, value in node.items():
             if not isinstance(key, DoubleQuotedScalarString):
-                c.error(tuple(node.lc.key(key)), f"not JSON: write the key {key!r} in double quotes")  # type: ignore[arg-type]
-            _strictly_json(c, value, tuple(node.lc.value(key)))  # type: ignore[arg-type]
+                c.error(lc_pos(node, key), f"not JSON: write the key {key!r} in double quotes")
+            _strictly_json(c, value, lc_pos(node, key, value=True))
     elif isinstance(node, CommentedSeq):
         for i, value in enumerate(node):
-            _strictly_json(c, value, tuple(node.lc.item(i)))  # type: ignore[arg-type]
+            _strictly_json(c, value, lc_pos(node, i))
     elif isinstance(node, str) and not isinstance(node, DoubleQuotedScalarString):
         c.error(pos, f"not JSON: write the string {str(node)!r} in double quotes")
 

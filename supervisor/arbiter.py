@@ -40,6 +40,7 @@ from ipc.messages import (
     RulesetStates,
     SnapshotEvaluated,
     Stop,
+    WantFullSnapshot,
     Welcome,
 )
 from ipc.signalqueue import SignalQueue
@@ -441,6 +442,9 @@ class Arbiter:
                     self.bus_service.ruleset_fired(msg.ruleset, msg.group)
             elif isinstance(msg, QueryAnswer):
                 self.on_query_answer(msg)
+            elif isinstance(msg, WantFullSnapshot) and slot.name == "detector":
+                if self.slots["collector"].state is WorkerState.RUNNING:
+                    self._send("collector", msg)
             elif isinstance(msg, SnapshotEvaluated) and not self.evaluated:
                 self.evaluated = True
                 log.info("first snapshot evaluated; pyoomd is protecting this host")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from cgroupfs.stats import CgroupStats, HostStats, Pressure
@@ -309,3 +310,20 @@ def test_explain_gives_the_verdicts_and_the_ranking_without_running_anything_aga
     assert [c["cgroup"] for c in action["candidates"]] == ["/p/big", "/p/small"]
     assert "300 MB" in action["candidates"][0]["why"]
     assert e.history is before and e.tick(snapshot, now=3.5).commands  # the windows were not disturbed
+
+
+def test_a_ruleset_acts_only_on_a_full_snapshot_and_asks_for_one():
+    """Kill actions' figures are read only for the snapshot they act on: on a tick's snapshot (detector figures
+    only) the ruleset fires but asks for a full one, and acts on that."""
+    yaml = ruleset("""      - name: always
+        all:
+          - test_counting: {key: full, holds: true}
+""", actions='- kill_by_pressure: {cgroup: "p/*", resource: memory}')
+    e = engine_for(yaml)
+    assert e.instances["rs"].needs_full
+    partial = msgspec.structs.replace(snap([cg("/p", 400)], seq=1), full=False)
+    out = e.tick(partial, now=1.0)
+    assert out.commands == [] and out.want_full and out.began == [("rs", "always")]
+    full = snap([cg("/p", 400), *CHILDREN], seq=2)
+    out = e.tick(full, now=1.1)
+    assert [c.candidates[0].path for c in out.commands] == ["/p/big"] and not out.want_full

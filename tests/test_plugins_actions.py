@@ -228,7 +228,17 @@ def test_every_kill_plugin_reads_xattrs():
                    'kill_by_pressure: {cgroup: "p/*", resource: io}', 'kill_by_pg_scan: {cgroup: "p/*"}',
                    'kill_by_io_cost: {cgroup: "p/*"}'):
         needs = policy_needs(load_policy_text(policy(action), "t.yaml"))
-        assert "xattrs" in needs.fields, action
+        # Every tick where the ranking has history (growth, rates), else in the full snapshot it acts on.
+        assert "xattrs" in needs.fields | needs.action_fields, action
+        assert "tree" in needs.fields | needs.action_fields, action
+
+
+def test_actions_without_history_are_read_only_for_the_snapshot_they_act_on():
+    needs = policy_needs(load_policy_text(policy('kill_by_swap_usage: {cgroup: "p/*"}'), "t.yaml"))
+    assert needs.action_cgroups == ("/p/*",) and {"swap", "memory", "tree", "xattrs"} <= needs.action_fields
+    assert "/p/*" not in needs.cgroups
+    growth = policy_needs(load_policy_text(policy('kill_by_memory_size_or_growth: {cgroup: "p/*"}'), "t.yaml"))
+    assert "/p/*" in growth.cgroups and growth.action_cgroups == ()  # its growth rate needs every tick
 
 
 # ---- recursive -----------------------------------------------------------------------------------------------
@@ -262,8 +272,8 @@ def test_recursive_goes_through_protected_ancestors_but_never_picks_them():
 def test_recursive_reads_and_allows_descendants_to_a_fixed_depth():
     needs = policy_needs(load_policy_text(policy('kill_by_pressure: {cgroup: "w", resource: memory, recursive: true}'),
                                           "t.yaml"))
-    assert needs.cgroups[:3] == ("/w", "/w/*", "/w/*/*")
-    assert len(needs.cgroups) == 1 + RECURSIVE_DEPTH
+    assert needs.action_cgroups[:3] == ("/w", "/w/*", "/w/*/*")  # read for the snapshot it acts on
+    assert len(needs.action_cgroups) == 1 + RECURSIVE_DEPTH
 
 
 # ---- what reaches the command --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from cgroupfs import CgroupFS, CgroupStats, detect_layout
 from cgroupfs.watch import EventWatch, LocalOpener, SourceOpener, TriggerSpec, WatchKind
 from ipc.codec import Channel
 from ipc.endpoints import snapshot_sender
-from ipc.messages import PolicyUpdate, Snapshot
+from ipc.messages import Message, PolicyUpdate, Snapshot, WantFullSnapshot
 from policy.engine import policy_needs
 from policy.paths import matches
 from policy.plugins import Needs
@@ -68,25 +68,39 @@ class SnapshotTaker:
                 self.registrar.unregister(fd)
         return fired
 
-    def take(self, generation: int) -> Snapshot:
+    @property
+    def has_on_demand(self) -> bool:
+        """Whether a full snapshot reads more than a tick's."""
+        return bool(self.needs.action_cgroups or self.needs.action_fields)
+
+    def take(self, generation: int, full: bool = True) -> Snapshot:
+        """A tick's snapshot: what the detectors read; `full`: what the actions read too."""
         cgroups = []
-        fields = self.needs.fields
+        full = full or not self.has_on_demand
         with self.fs.tick():
             host = self.fs.read_host()
             paths = self.fs.resolve(self.needs.cgroups)  # globs resolved afresh every tick
             self._sync_watch(paths, host.mem_total)
-            for path in paths:
+            if full and self.has_on_demand:
+                action_paths = set(self.fs.resolve(self.needs.action_cgroups))
+                every = self.needs.fields | self.needs.action_fields
+                plan = [(p, every if p in action_paths else self.needs.fields)
+                        for p in sorted(set(paths) | action_paths)]
+            else:
+                plan = [(p, self.needs.fields) for p in paths]
+            for path, fields in plan:
                 stats = self.fs.read_stats(path, fields, host)
                 if stats is not None:
                     cgroups.append(self._with_events(stats))
-        if self.trusted_xattrs is not None and "xattrs" in fields and cgroups:
-            trusted = self.trusted_xattrs([cg.path for cg in cgroups])
+        with_xattrs = [cg.path for cg in cgroups if cg.xattrs is not None]
+        if self.trusted_xattrs is not None and with_xattrs:
+            trusted = self.trusted_xattrs(with_xattrs)
             cgroups = [msgspec.structs.replace(cg, xattrs={**(cg.xattrs or {}), **trusted[cg.path]})
                        if cg.path in trusted else cg for cg in cgroups]
         self.seq += 1
         return Snapshot(
             seq=self.seq, generation=generation, time=time.time(), monotonic=time.monotonic(), host=host,
-            cgroups=cgroups,
+            cgroups=cgroups, full=full,
         )
 
     def _sync_watch(self, paths: list[str], mem_total: int) -> None:
@@ -157,6 +171,7 @@ class Collector(Worker):
         self.snapshot_channel = Channel("collector/snapshots", Snapshot)
         self.next_tick = 0.0
         self.last_sent = 0.0
+        self.full_wanted = True  # the first snapshot of each policy is full
 
     # Registrar: event descriptors go straight into the worker's poll loop.
     def register(self, fd: int, eventmask: int) -> None:
@@ -167,12 +182,21 @@ class Collector(Worker):
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         self.taker.use(policy_needs(update.policy))
-        self.next_tick = 0.0  # the first snapshot of a new policy goes out at once
+        self.next_tick = 0.0  # the first snapshot of a new policy goes out at once, full
+        self.full_wanted = True
+
+    def on_control_message(self, msg: Message) -> bool:
+        if not isinstance(msg, WantFullSnapshot):
+            return False
+        self.full_wanted = True
+        self.next_tick = 0.0  # a ruleset waits to act on it: now, not at the next tick
+        return True
 
     def on_timer(self, now: float) -> float:
         assert self.update is not None
         if now >= self.next_tick:
-            snapshot = self.taker.take(self.update.generation)
+            snapshot = self.taker.take(self.update.generation, full=self.full_wanted)
+            self.full_wanted = False
             # No detector connected: drop it. The event counts are cumulative, so whichever snapshot the
             # conflated channel keeps carries every event before it.
             with contextlib.suppress(zmq.Again):
@@ -194,6 +218,8 @@ class Collector(Worker):
     def _on_event(self, fd: int, revents: int) -> None:
         if self.taker.on_ready(fd, _convert(revents, _FROM_ZMQ)):
             self.next_tick = min(self.next_tick, self.last_sent + EVENT_MIN_GAP)
+            # Pressure: a ruleset may act on this very snapshot, so it carries what actions read.
+            self.full_wanted = True
 
 
 if __name__ == "__main__":

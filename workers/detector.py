@@ -26,10 +26,14 @@ from ipc.messages import (
     RulesetStates,
     Snapshot,
     SnapshotEvaluated,
+    WantFullSnapshot,
     WriteCommand,
 )
 from policy.engine import Engine
 from workers.base import Worker, WorkerArgs, main
+
+FRESH_ENOUGH = 1.0  # a query is answered from a full snapshot at most this old (seconds), else from a new one
+WANT_FULL_GAP = 0.2  # seconds between asks for a full snapshot while a ruleset waits to act
 
 
 class Detector(Worker):
@@ -42,7 +46,9 @@ class Detector(Worker):
         self.commands = command_client(self.zmq, self.endpoints)
         self.command_channel = Channel("detector/commands", CommandMessage)
         self.engine: Engine | None = None
-        self.last_snapshot: Snapshot | None = None  # the one the engine last ran on, for queries
+        self.last_snapshot: Snapshot | None = None  # the last full one the engine ran on, for queries
+        self.pending_queries: list[Query] = []  # waiting for a full snapshot fresher than FRESH_ENOUGH
+        self.full_asked = 0.0  # when a full snapshot was last asked for (monotonic)
         self.reported: list[RulesetReport] | None = None  # the ruleset states last sent to the supervisor
         self.evaluated_generation = -1
         self.last_logged: dict[str, tuple[str, float]] = {}
@@ -80,16 +86,33 @@ class Detector(Worker):
     def on_control_message(self, msg: Message) -> bool:
         if not isinstance(msg, Query):
             return False
+        last = self.last_snapshot
+        if last is not None and time.monotonic() - last.monotonic < FRESH_ENOUGH:
+            self._answer(msg)
+        else:
+            # What the collector saw *now*, with what the actions would rank by: a full snapshot is asked for, and
+            # the query answered when it comes (the supervisor gives up after its own deadline).
+            self.pending_queries.append(msg)
+            self._want_full(force=True)
+        return True
+
+    def _answer(self, query: Query) -> None:
         if self.engine is None or self.last_snapshot is None:
-            self.send_control(QueryAnswer(id=msg.id, error="no snapshot evaluated yet"))
-            return True
-        if msg.what == "snapshot":
+            self.send_control(QueryAnswer(id=query.id, error="no snapshot evaluated yet"))
+            return
+        if query.what == "snapshot":
             answer = msgspec.json.encode(self.last_snapshot)
         else:
             answer = msgspec.json.encode({"generation": self.engine.generation, "dry_run": self.engine.dry_run,
                                           "rulesets": self.engine.explain(self.last_snapshot, time.monotonic())})
-        self.send_control(QueryAnswer(id=msg.id, json=answer.decode()))
-        return True
+        self.send_control(QueryAnswer(id=query.id, json=answer.decode()))
+
+    def _want_full(self, force: bool = False) -> None:
+        """Ask for a full snapshot, at most every WANT_FULL_GAP (the collector sends one as soon as it can)."""
+        now = time.monotonic()
+        if force or now - self.full_asked >= WANT_FULL_GAP:
+            self.full_asked = now
+            self.send_control(WantFullSnapshot())
 
     def _on_snapshot(self) -> None:
         try:
@@ -103,7 +126,13 @@ class Detector(Worker):
             return  # read for another policy: it may lack cgroups this one needs
         now = time.monotonic()
         outcome = self.engine.tick(snapshot, now)
-        self.last_snapshot = snapshot
+        if outcome.want_full:
+            self._want_full()
+        if snapshot.full:
+            self.last_snapshot = snapshot
+            for query in self.pending_queries:
+                self._answer(query)
+            self.pending_queries.clear()
         # Answers that never came (an actuator restarted meanwhile) are forgotten a minute past their deadline.
         self.writes_out = {k: w for k, w in self.writes_out.items() if w.not_after + 60 > now}
         for command in outcome.commands:

@@ -80,7 +80,7 @@ def _spawn(req: Spawn, fds: list[int], channel: FdChannel, supervisor_pid: int) 
                 except SystemExit as e:
                     status = e.code if isinstance(e.code, int) else 1
                 except BaseException:
-                    log.exception("worker %s failed to start", req.worker)
+                    log.exception("worker %s crashed", req.worker)
                     status = 1
                 logging.shutdown()
                 os._exit(status)

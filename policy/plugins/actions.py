@@ -114,8 +114,12 @@ class KillPlugin(Plugin):
 
     kinds = frozenset({"action"})
     args = KILL_ARGS
+    reads_when_acting = True
     fields: frozenset[str] = frozenset({"memory"})  # field groups the ranking reads (xattrs always added)
     history = False  # the ranking reads History (growth, rates)
+    # History used only for per-second rates of counters: two full snapshots a moment apart give them, so the
+    # figures can still be read only when the action is about to run (a running average of usage cannot).
+    rates_only = False
 
     cgroup: tuple[str, ...]
     recursive: bool
@@ -406,6 +410,7 @@ class KillByPressure(KillPlugin):
         Arg("resource", "choice", doc="which pressure: memory or io", choices=("memory", "io")),
     )
     history = True
+    rates_only = True
 
     resource: str
 
@@ -483,6 +488,7 @@ class KillByPgScan(KillPlugin):
     args = KILL_ARGS
     fields = frozenset({"memory", "reclaim"})
     history = True
+    rates_only = True
 
     def counter(self, cgroups: list[CgroupStats]) -> str | None:
         """Which counter ranks: pgscan where every candidate has it, else the refault stand-in."""
@@ -517,6 +523,7 @@ class KillByIOCost(KillPlugin):
     args = KILL_ARGS
     fields = frozenset({"memory", "io"})
     history = True
+    rates_only = True
 
     def waiting_for_data(self, ctx: TickContext, cgroups: list[CgroupStats]) -> bool:
         return waiting_for_io_rates(ctx, cgroups)

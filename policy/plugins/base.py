@@ -45,6 +45,10 @@ class Needs:
     usage_watch: tuple[tuple[str, float | None, int | None], ...] = ()
     # (pattern, trigger): PSI triggers exactly as asked, counted per trigger key in the snapshot
     trigger_watch: tuple[tuple[str, TriggerSpec], ...] = ()
+    # What only actions read, and only when they are about to run: a "full" snapshot reads these too, a tick's
+    # does not (a ruleset that fires asks for one first). An action that needs history reads every tick instead.
+    action_cgroups: tuple[str, ...] = ()
+    action_fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class Plugin:
     args: ClassVar[tuple[Arg, ...]] = ()
     # What the host must offer: "per-cgroup psi", "v2", "systemd", "io.stat" (pyoomd check --host reports it).
     requires: ClassVar[frozenset[str]] = frozenset()
+    # An action whose figures matter only at the moment it runs (a kill's ranking): they are read for the
+    # snapshot it acts on, not every tick (policy/engine.py reads_on_demand).
+    reads_when_acting: ClassVar[bool] = False
 
     def __init__(self, values: Mapping[str, Any], ruleset: RulesetOptions) -> None:
         self.ruleset = ruleset
