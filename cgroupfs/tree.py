@@ -85,8 +85,8 @@ class CgroupFS:
         # Within a tick, what a record's parts ask again and again: a path's directories, a directory's members,
         # a twin's verdict. Each is found once a tick (the members walk alone was done four times per cgroup).
         self._memo: dict[tuple, object] | None = None
-        # (path, hierarchy) -> (recheck after, (primary inode, twin inode), verdict): see _recent_twin
-        self._twin_verdicts: dict[tuple[str, str], tuple[float, tuple[int, int], Path | None]] = {}
+        # (path, hierarchy) -> (recheck after, primary directory's inode, verdict): see _recent_twin
+        self._twin_verdicts: dict[tuple[str, str], tuple[float, int, Path | None]] = {}
         self._kept = KeptFiles()
 
     @contextlib.contextmanager
@@ -244,16 +244,16 @@ class CgroupFS:
         return out
 
     def _recent_twin(self, path: str, which: str) -> Path | None:
-        """The collector's view: a verdict is checked again once TWIN_RECHECK has passed, or at once when either
-        directory is not the one it was (recreated: another inode). Reading both cgroup.procs of every cgroup
-        every tick was most of an idle tick; the actuator, which acts on the answer, always checks afresh."""
+        """The collector's view: a verdict is checked again once TWIN_RECHECK has passed, or at once when the
+        path's primary directory is not the one it was (recreated: another inode; a twin recreated on its own
+        shows in its files' reads, which fail with ENODEV and reopen). Reading both cgroup.procs of every
+        cgroup every tick was most of an idle tick; the actuator, which acts on the answer, always checks
+        afresh."""
         loc = self.locate(path)
-        h = self.layout.unified if which == "unified" else self.layout.v1(which)
-        if loc is None or h is None:
+        if loc is None:
             return None
         primary = self._stat(os.fspath(loc[1]))
-        other = self._stat(_dir_str(h, path))
-        identity = (primary.st_ino if primary else 0, other.st_ino if other else 0)
+        identity = primary.st_ino if primary else 0
         now = time.monotonic()
         cached = self._twin_verdicts.get((path, which))
         if cached is not None and cached[0] > now and cached[1] == identity:
