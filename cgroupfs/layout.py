@@ -92,11 +92,15 @@ class Layout(msgspec.Struct, frozen=True):
         return f"cgroup layout {self.kind}: " + " ".join(parts) + (f" ({'; '.join(notes)})" if notes else "")
 
 
+_OCTAL = frozenset("01234567")
+
+
 def _unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as octal: \040 \011 \012 \134
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+        # Octal digits only: isdigit() also takes 8, 9 and other scripts' digits, which int(..., 8) refuses.
+        if field[i] == "\\" and i + 4 <= len(field) and all(c in _OCTAL for c in field[i + 1 : i + 4]):
             out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from cgroupfs.stats import Pressure
 
 # Limits at or above 2**62 mean "no limit": v1 prints PAGE_COUNTER_MAX scaled by the page size
@@ -44,18 +46,30 @@ def parse_pressure(text: str) -> Pressure:
         lines[parts[0]] = fields
     if "some" not in lines:
         raise ValueError("no 'some' line in pressure file")
-    some = lines["some"]
-    full = lines.get("full")
+    s10, s60, s300, stotal = _psi_figures("some", lines["some"])
+    full = _psi_figures("full", lines["full"]) if "full" in lines else None
     return Pressure(
-        some_avg10=some["avg10"],
-        some_avg60=some["avg60"],
-        some_avg300=some["avg300"],
-        some_total=int(some["total"]),
-        full_avg10=full["avg10"] if full else None,
-        full_avg60=full["avg60"] if full else None,
-        full_avg300=full["avg300"] if full else None,
-        full_total=int(full["total"]) if full else None,
+        some_avg10=s10,
+        some_avg60=s60,
+        some_avg300=s300,
+        some_total=stotal,
+        full_avg10=full[0] if full else None,
+        full_avg60=full[1] if full else None,
+        full_avg300=full[2] if full else None,
+        full_total=full[3] if full else None,
     )
+
+
+def _psi_figures(kind: str, fields: dict[str, float]) -> tuple[float, float, float, int]:
+    """One line's averages and total. ValueError (the one error callers expect) when one is missing or not
+    finite: a NaN average compares false against every threshold, and an infinite total has no integer."""
+    try:
+        avg10, avg60, avg300, total = (fields[k] for k in ("avg10", "avg60", "avg300", "total"))
+    except KeyError as e:
+        raise ValueError(f"no {e.args[0]} in the {kind!r} line of a pressure file") from None
+    if not all(math.isfinite(v) for v in (avg10, avg60, avg300, total)):
+        raise ValueError(f"a figure of the {kind!r} line of a pressure file is not a finite number")
+    return avg10, avg60, avg300, int(total)
 
 
 def parse_meminfo(text: str) -> dict[str, int]:

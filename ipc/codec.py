@@ -27,7 +27,10 @@ class Channel:
         """The message, or None after counting the frame as dropped (and logging each new reason once)."""
         try:
             return self._decoder.decode(frame)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        # msgspec lets two errors of malformed frames through as they are: RecursionError for nesting past its
+        # depth limit (a few bytes per level: nested one-entry maps) and UnicodeDecodeError for a field name that
+        # is not UTF-8. Both are a malformed frame like any other.
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError) as e:
             self.dropped += 1
             reason = str(e)
             if reason not in self._reasons_logged and len(self._reasons_logged) < 100:
