@@ -93,8 +93,10 @@ def is_kernel_thread(pid: int, proc: str = "/proc") -> bool:
     except OSError:
         return False
     # The command name may hold spaces and parentheses: fields start after the last ')'.
-    fields = stat.rsplit(")", 1)[1].split()
-    return bool(int(fields[6]) & PF_KTHREAD)
+    try:
+        return bool(int(stat.rsplit(")", 1)[1].split()[6]) & PF_KTHREAD)
+    except (IndexError, ValueError):
+        return False  # a process caught exiting leaves a truncated stat; a kernel thread never does
 
 
 # ---- kernel interfaces ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import msgspec
 
 
-class Pressure(msgspec.Struct, frozen=True):
+class Pressure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """PSI of one resource: percentages for the 10/60/300 s averages, total stall time in microseconds."""
 
     some_avg10: float
@@ -21,7 +21,7 @@ class Pressure(msgspec.Struct, frozen=True):
     full_total: int | None = None
 
 
-class CgroupStats(msgspec.Struct, frozen=True):
+class CgroupStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One cgroup at one moment. Every figure is for the whole subtree. None: not read, or not available on
     this layout or kernel (never a made-up 0). Counters (pgscan, refaults, ...) are cumulative."""
 
@@ -67,7 +67,7 @@ class CgroupStats(msgspec.Struct, frozen=True):
     last_event: float | None = None  # wall-clock time of the newest of these
 
 
-class HostStats(msgspec.Struct, frozen=True):
+class HostStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mem_total: int
     mem_available: int
     swap_total: int

@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from cgroupfs.figures import (
@@ -35,6 +36,8 @@ from cgroupfs.parse import (
     parse_proc_cgroup,
 )
 from cgroupfs.stats import CgroupStats, HostStats, Pressure
+
+log = logging.getLogger("pyoomd.cgroupfs")
 
 FIELDS_ALL = FIELD_GROUPS
 TWIN_RECHECK = 5.0  # seconds a twin verdict is trusted by the collector before both member lists are read again
@@ -87,6 +90,7 @@ class CgroupFS:
         self._memo: dict[tuple, object] | None = None
         # (path, hierarchy) -> (recheck after, primary directory's inode, verdict): see _recent_twin
         self._twin_verdicts: dict[tuple[str, str], tuple[float, int, Path | None]] = {}
+        self._bad_logged: set[tuple[str, str, str]] = set()
         self._kept = KeptFiles()
 
     @contextlib.contextmanager
@@ -371,11 +375,18 @@ class CgroupFS:
     # ---- stats -----------------------------------------------------------------------------------------------
 
     def read_host(self) -> HostStats:
-        info = parse_meminfo(self._read(self.proc / "meminfo"))
+        try:
+            info = parse_meminfo(self._read(self.proc / "meminfo"))
+        except (ValueError, UnicodeDecodeError) as e:
+            self._bad_content("/proc/meminfo", "host memory", e)
+            info = {}
         try:
             pressure: Pressure | None = parse_pressure(self._read(self.proc / "pressure" / "memory"))
         except OSError:
             pressure = None  # kernel without PSI (before 4.20, or psi=0)
+        except (ValueError, UnicodeDecodeError) as e:
+            self._bad_content("/proc/pressure/memory", "host pressure", e)
+            pressure = None
         return HostStats(
             mem_total=info.get("MemTotal", 0),
             mem_available=info.get("MemAvailable", info.get("MemFree", 0)),
@@ -394,6 +405,16 @@ class CgroupFS:
         if loc is None:
             return None
         hier, d = loc
+
+        def part(group: str, compute: Callable[[], dict]) -> dict:
+            # A file the kernel never writes so (garbage, not UTF-8) costs that group's figures, which are then
+            # absent, never made up; the record and the tick go on.
+            try:
+                return compute()
+            except (ValueError, UnicodeDecodeError, IndexError) as e:
+                self._bad_content(path, group, e)
+                return {}
+
         try:
             st = self._stat(os.fspath(d))
             if st is None:
@@ -401,19 +422,13 @@ class CgroupFS:
             inode = st.st_ino
             figures: dict = {}
             if fields & {"memory", "swap", "reclaim", "oom"}:
-                figures.update(self._memory_figures(hier, d, path, fields))
+                figures.update(part("memory", lambda: self._memory_figures(hier, d, path, fields)))
             if "tree" in fields:
-                members = self._subtree(os.fspath(d))
-                figures["nr_procs"] = len(members)
-                figures["populated"] = bool(members)  # members of the whole subtree, as the kernel counts them
-                # Dying descendants are a cgroup2 fact; a hybrid host has them in the verified twin.
-                tree_dir = d if hier.version == 2 else self.twin(path, "unified")
-                if tree_dir is not None:
-                    figures.update(v2_tree(self._read, tree_dir))
+                figures.update(part("tree", lambda: self._tree(hier, d, path)))
             if "pressure" in fields:
-                figures["pressure"] = self._pressure(hier, path, host)
+                figures.update(part("pressure", lambda: {"pressure": self._pressure(hier, path, host)}))
             if "io" in fields:
-                figures.update(self._io(hier, path))
+                figures.update(part("io", lambda: self._io(hier, path)))
             if "xattrs" in fields:
                 figures["xattrs"] = self.xattrs(path)
         except OSError as e:
@@ -421,6 +436,22 @@ class CgroupFS:
                 return None  # removed while we read it
             raise
         return CgroupStats(path=path, inode=inode, **figures)
+
+    def _tree(self, hier: Hierarchy, d: Path, path: str) -> dict:
+        members = self._subtree(os.fspath(d))
+        out: dict = {"nr_procs": len(members), "populated": bool(members)}  # of the whole subtree, as the kernel
+        # Dying descendants are a cgroup2 fact; a hybrid host has them in the verified twin.
+        tree_dir = d if hier.version == 2 else self.twin(path, "unified")
+        if tree_dir is not None:
+            out.update(v2_tree(self._read, tree_dir))
+        return out
+
+    def _bad_content(self, path: str, group: str, error: Exception) -> None:
+        key = (path, group, type(error).__name__)
+        if key not in self._bad_logged and len(self._bad_logged) < 1000:
+            self._bad_logged.add(key)
+            log.warning("%s: cannot read its %s figures (%s: %s); they are left out", path, group,
+                        type(error).__name__, error)
 
     def _memory_figures(self, hier: Hierarchy, d: Path, path: str, fields: frozenset[str]) -> dict:
         if hier is self.layout.memory and hier.version == 1:

@@ -72,7 +72,10 @@ class Daemon:
         out = {}
         for child in psutil.Process(self.proc.pid).children():
             # A forked worker's title is one string (setproctitle); an exec'd one's, separate arguments.
-            words = " ".join(child.cmdline()).split()
+            try:
+                words = " ".join(child.cmdline()).split()
+            except psutil.Error:
+                continue  # exited a moment ago (a zombie until the supervisor reaps it)
             if "-m" in words:
                 name = words[words.index("-m") + 1].removeprefix("workers.")
                 if name in ("collector", "detector", "actuator"):

@@ -213,7 +213,7 @@ rulesets:
 
 
 def test_kernel_threads_are_recognised():
-    from workers.actuator import is_kernel_thread
+    from cgroupfs.kill import is_kernel_thread
 
     assert is_kernel_thread(2)  # kthreadd
     assert not is_kernel_thread(1) and not is_kernel_thread(os.getpid())

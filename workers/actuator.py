@@ -27,7 +27,7 @@ import zmq
 from msgspec.structs import replace as msgspec_replace
 
 from cgroupfs import CgroupFS, CgroupStats, detect_layout
-from cgroupfs.kill import KillReport, kill_cgroup, recover_intents
+from cgroupfs.kill import KillReport, is_kernel_thread, kill_cgroup, recover_intents
 from cgroupfs.largest import kill_largest_process
 from cgroupfs.marks import KMSG_PATH, kill_line, mark_kill, write_kmsg
 from cgroupfs.tree import CgroupPathError, normalize
@@ -67,16 +67,6 @@ _UNREACHABLE: frozenset[ErrorKind] = frozenset({"unreachable", "deadline"})
 MECH_KILL_UNIT = "systemd KillUnit"
 MECH_STOP_UNIT = "systemd StopUnit"
 REMEMBERED_COMMANDS = 1024  # answered commands kept by id, so that one delivered twice is carried out once
-PF_KTHREAD = 0x00200000
-
-
-def is_kernel_thread(pid: int) -> bool:
-    """From the flags in /proc/PID/stat; a process gone meanwhile is no kernel thread (nothing to refuse)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return bool(int(stat[stat.rindex(")") + 2:].split()[6]) & PF_KTHREAD)
 
 
 @dataclass

@@ -7,6 +7,7 @@ vmpressure where there is no per-cgroup PSI): an event sends a snapshot at once 
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from policy.paths import matches
 from policy.plugins import Needs
 from workers.base import Worker, WorkerArgs, main
 from workers.brokered import Broker
+
+log = logging.getLogger("pyoomd.collector")
 
 # After an event, the next snapshot goes out at once, but no sooner than this after the previous one: v1
 # vmpressure fires a hundred times a second on a thrashing cgroup, and each snapshot reads every cgroup.
@@ -54,6 +57,7 @@ class SnapshotTaker:
         # Unprivileged, trusted.* xattrs are invisible here: the supervisor reads them (workers/brokered.py).
         self.trusted_xattrs = trusted_xattrs
         self.seq = 0
+        self._unreadable_logged: set[tuple[str, str]] = set()
 
     def use(self, needs: Needs) -> None:
         self.needs = needs
@@ -89,7 +93,11 @@ class SnapshotTaker:
             else:
                 plan = [(p, self.needs.fields) for p in paths]
             for path, fields in plan:
-                stats = self.fs.read_stats(path, fields, host)
+                try:
+                    stats = self.fs.read_stats(path, fields, host)
+                except Exception as e:  # one cgroup that cannot be read must not cost the tick, nor the collector
+                    self._unreadable(path, e)
+                    continue
                 if stats is not None:
                     cgroups.append(self._with_events(stats))
         with_xattrs = [cg.path for cg in cgroups if cg.xattrs is not None]
@@ -102,6 +110,13 @@ class SnapshotTaker:
             seq=self.seq, generation=generation, time=time.time(), monotonic=time.monotonic(), host=host,
             cgroups=cgroups, full=full,
         )
+
+    def _unreadable(self, path: str, error: Exception) -> None:
+        key = (path, type(error).__name__)
+        if key not in self._unreadable_logged and len(self._unreadable_logged) < 1000:
+            self._unreadable_logged.add(key)
+            log.error("cannot read %s (%s: %s); left out of the snapshots while it lasts", path,
+                      type(error).__name__, error, exc_info=True)
 
     def _sync_watch(self, paths: list[str], mem_total: int) -> None:
         wanted: dict[tuple[str, WatchKind], float | TriggerSpec] = {}
