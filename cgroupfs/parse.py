@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from cgroupfs.stats import Pressure
 
@@ -32,8 +33,29 @@ def parse_limit(text: str) -> int | None:
     return None if n >= UNLIMITED_FLOOR else n
 
 
+# The kernel's own PSI format, exactly (psi_show): read once per watched cgroup per tick, so it gets a fast path;
+# digits only, so every figure is finite and non-negative. Anything else goes the careful way below.
+_PSI_EXACT = re.compile(
+    r"some avg10=(\d+\.\d+) avg60=(\d+\.\d+) avg300=(\d+\.\d+) total=(\d+)\n"
+    r"(?:full avg10=(\d+\.\d+) avg60=(\d+\.\d+) avg300=(\d+\.\d+) total=(\d+)\n)?\Z"
+)
+
+
 def parse_pressure(text: str) -> Pressure:
     """A PSI file: a `some` line and, for memory and io (and cpu since 5.13), a `full` line."""
+    m = _PSI_EXACT.match(text)
+    if m is not None:
+        s10, s60, s300, stotal, f10, f60, f300, ftotal = m.groups()
+        if f10 is None:
+            return Pressure(some_avg10=float(s10), some_avg60=float(s60), some_avg300=float(s300),
+                            some_total=int(stotal))
+        return Pressure(some_avg10=float(s10), some_avg60=float(s60), some_avg300=float(s300),
+                        some_total=int(stotal), full_avg10=float(f10), full_avg60=float(f60),
+                        full_avg300=float(f300), full_total=int(ftotal))
+    return _parse_pressure_careful(text)
+
+
+def _parse_pressure_careful(text: str) -> Pressure:
     lines: dict[str, dict[str, float]] = {}
     for line in text.splitlines():
         parts = line.split()

@@ -91,6 +91,7 @@ class CgroupFS:
         # (path, hierarchy) -> (recheck after, primary directory's inode, verdict): see _recent_twin
         self._twin_verdicts: dict[tuple[str, str], tuple[float, int, Path | None]] = {}
         self._bad_logged: set[tuple[str, str, str]] = set()
+        self._paths: dict[str, Path] = {}
         self._kept = KeptFiles()
 
     @contextlib.contextmanager
@@ -132,6 +133,15 @@ class CgroupFS:
             memo[key] = st
         return st
 
+    def _path_of(self, d: str) -> Path:
+        """One Path object per directory, kept from tick to tick: making one costs more than reading a file."""
+        p = self._paths.get(d)
+        if p is None:
+            if len(self._paths) > 50_000:  # cgroups come and go: start afresh rather than grow
+                self._paths.clear()
+            p = self._paths[d] = Path(d)
+        return p
+
     def _is_dir(self, d: str) -> bool:
         st = self._stat(d)
         return st is not None and stat.S_ISDIR(st.st_mode)
@@ -150,8 +160,9 @@ class CgroupFS:
                 return found  # type: ignore[return-value]
         out = None
         for h in self._lookup:
-            if self._is_dir(_dir_str(h, path)):
-                out = (h, h.dir_of(path))
+            d = _dir_str(h, path)
+            if self._is_dir(d):
+                out = (h, self._path_of(d))
                 break
         if memo is not None:
             memo[("locate", path)] = out
