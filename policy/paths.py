@@ -30,6 +30,16 @@ def matches(pattern: str, path: str) -> bool:
     return len(pp) == len(cp) and all(fnmatch.fnmatchcase(c, p) for p, c in zip(pp, cp, strict=True))
 
 
+def literal_prefix(pattern: str) -> str:
+    """The deepest cgroup every match of `pattern` lies under: its components before the first glob."""
+    parts: list[str] = []
+    for part in (p for p in pattern.split("/") if p):
+        if any(c in part for c in "*?["):
+            break
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
 def matches_any(patterns: tuple[str, ...], path: str) -> bool:
     return any(matches(p, path) for p in patterns)
 

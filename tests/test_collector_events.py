@@ -127,3 +127,22 @@ rulesets:
         assert st.usage >= 40 << 20
     finally:
         taker.close()
+
+
+def test_many_cgroups_under_one_parent_are_watched_through_the_parent(cgroups: CgroupSandbox):
+    """Past AGGREGATE_ABOVE matches, one PSI trigger on the pattern's parent wakes the collector for any of them
+    (its 'some' stall includes every task below it), and a thrasher in one child still brings an event."""
+    from workers.collector import AGGREGATE_ABOVE
+
+    for i in range(AGGREGATE_ABOVE + 4):
+        cgroups.mkdir(f"c{i}", memory_limit=64 << 20)
+    taker, poller = new_taker()
+    try:
+        taker.use(needs_for(f"{cgroups.path}/*"))
+        taker.take(generation=1)
+        watched = [path for path, _ in taker.watch.watched]
+        assert watched == [cgroups.path] and taker.watch.mechanism(cgroups.path, "pressure") == "psi"
+        cgroups.thrasher("c3")
+        assert wait_for_events(taker, poller) >= 1
+    finally:
+        taker.close()

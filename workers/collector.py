@@ -22,12 +22,15 @@ from ipc.codec import Channel
 from ipc.endpoints import snapshot_sender
 from ipc.messages import Message, PolicyUpdate, Snapshot, WantFullSnapshot
 from policy.engine import policy_needs
-from policy.paths import matches
+from policy.paths import literal_prefix, matches
 from policy.plugins import Needs
 from workers.base import Worker, WorkerArgs, main
 from workers.brokered import Broker
 
 log = logging.getLogger("pyoomd.collector")
+
+# Past this many cgroups matched by one pressure-watched pattern, the pattern's literal parent is watched instead.
+AGGREGATE_ABOVE = 16
 
 # After an event, the next snapshot goes out at once, but no sooner than this after the previous one: v1
 # vmpressure fires a hundred times a second on a thrashing cgroup, and each snapshot reads every cgroup.
@@ -121,10 +124,15 @@ class SnapshotTaker:
     def _sync_watch(self, paths: list[str], mem_total: int) -> None:
         wanted: dict[tuple[str, WatchKind], float | TriggerSpec] = {}
         for pattern, pct in self.needs.pressure_watch:
-            for path in paths:
-                if matches(pattern, path):
-                    key = (path, "pressure")
-                    wanted[key] = min(pct, wanted.get(key, pct))
+            matched = [path for path in paths if matches(pattern, path)]
+            prefix = literal_prefix(pattern)
+            if len(matched) > AGGREGATE_ABOVE and self.fs.pressure_file(prefix) is not None:
+                # Many cgroups under one parent: its own PSI trigger wakes us for any of them (a parent's "some"
+                # stall includes every task stalled below it), instead of a descriptor per cgroup to poll.
+                matched = [prefix]
+            for path in matched:
+                key = (path, "pressure")
+                wanted[key] = min(pct, wanted.get(key, pct))
         for pattern, spec in self.needs.trigger_watch:
             for path in paths:
                 if matches(pattern, path):
