@@ -16,6 +16,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from cgroupfs.figures import (
     FIELD_GROUPS,
@@ -69,6 +70,12 @@ def _read_file(p: str | Path) -> str:
 _MISSING = object()
 
 
+class DirInfo(NamedTuple):
+    is_dir: bool
+    ino: int
+    nlink: int | None  # None when it came from a directory listing, which does not say
+
+
 def _dir_str(h: Hierarchy, path: str) -> str:
     """Hierarchy.dir_of as a string: no pathlib object on the hot path."""
     return h.mount_point if path == "/" else h.mount_point + path
@@ -117,8 +124,9 @@ class CgroupFS:
             text = cache[key] = self._kept.read(key)
         return text
 
-    def _stat(self, d: str) -> os.stat_result | None:
-        """A directory's stat, once a tick (existence, inode and link count come from the one call)."""
+    def _stat(self, d: str) -> DirInfo | None:
+        """What a directory is, once a tick: from a glob's listing when one saw it (no call of its own), else
+        from a stat (existence, inode and link count from the one call)."""
         memo = self._memo
         key = ("stat", d)
         if memo is not None:
@@ -126,12 +134,13 @@ class CgroupFS:
             if found is not _MISSING:
                 return found  # type: ignore[return-value]
         try:
-            st: os.stat_result | None = os.stat(d)
+            st = os.stat(d)
+            info: DirInfo | None = DirInfo(stat.S_ISDIR(st.st_mode), st.st_ino, st.st_nlink)
         except OSError:
-            st = None
+            info = None
         if memo is not None:
-            memo[key] = st
-        return st
+            memo[key] = info
+        return info
 
     def _path_of(self, d: str) -> Path:
         """One Path object per directory, kept from tick to tick: making one costs more than reading a file."""
@@ -144,7 +153,7 @@ class CgroupFS:
 
     def _is_dir(self, d: str) -> bool:
         st = self._stat(d)
-        return st is not None and stat.S_ISDIR(st.st_mode)
+        return st is not None and st.is_dir
 
     def close(self) -> None:
         self._kept.close()
@@ -188,9 +197,15 @@ class CgroupFS:
                 if _GLOB_CHARS & set(part):
                     try:
                         with os.scandir(d) as it:
-                            names = [e.name for e in it if e.is_dir(follow_symlinks=False)]
+                            dirs = [e for e in it if e.is_dir(follow_symlinks=False)]
                     except OSError:
                         continue
+                    names = [e.name for e in dirs]
+                    memo = self._memo
+                    if memo is not None:
+                        # The listing says these exist and what they are: read_stats needs no stat of its own.
+                        for e in dirs:
+                            memo.setdefault(("stat", e.path), DirInfo(True, e.inode(), None))
                     nxt.extend([*rel, n] for n in sorted(names) if fnmatch.fnmatchcase(n, part))
                 elif (d / part).is_dir():
                     nxt.append([*rel, part])
@@ -226,7 +241,7 @@ class CgroupFS:
                 raise
             pids = set()
         st = self._stat(d)
-        if st is not None and st.st_nlink == 2:
+        if st is not None and st.nlink == 2:
             # A directory's link count is 2 plus its subdirectories on cgroupfs (kernfs), tmpfs and ext4: a
             # leaf needs no listing (a filesystem that does not count them, as btrfs, says 1 and is listed).
             children: list[str] = []
@@ -268,7 +283,7 @@ class CgroupFS:
         if loc is None:
             return None
         primary = self._stat(os.fspath(loc[1]))
-        identity = primary.st_ino if primary else 0
+        identity = primary.ino if primary else 0
         now = time.monotonic()
         cached = self._twin_verdicts.get((path, which))
         if cached is not None and cached[0] > now and cached[1] == identity:
@@ -430,7 +445,7 @@ class CgroupFS:
             st = self._stat(os.fspath(d))
             if st is None:
                 return None  # removed since it was located
-            inode = st.st_ino
+            inode = st.ino
             figures: dict = {}
             if fields & {"memory", "swap", "reclaim", "oom"}:
                 figures.update(part("memory", lambda: self._memory_figures(hier, d, path, fields)))

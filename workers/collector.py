@@ -61,9 +61,11 @@ class SnapshotTaker:
         self.trusted_xattrs = trusted_xattrs
         self.seq = 0
         self._unreadable_logged: set[tuple[str, str]] = set()
+        self._psi_of: dict[str, bool] = {}
 
     def use(self, needs: Needs) -> None:
         self.needs = needs
+        self._psi_of: dict[str, bool] = {}
 
     def on_ready(self, fd: int, revents: int) -> int:
         """Count what one ready descriptor reports (select.POLL* bits); returns how many events fired."""
@@ -114,6 +116,14 @@ class SnapshotTaker:
             cgroups=cgroups, full=full,
         )
 
+    def _has_psi(self, path: str) -> bool:
+        """Whether `path` has a PSI file of its own, decided once per policy: finding out verifies its twin, which
+        reads the member list of its whole subtree (every cgroup it would stand for)."""
+        found = self._psi_of.get(path)
+        if found is None:
+            found = self._psi_of[path] = self.fs.pressure_file(path) is not None
+        return found
+
     def _unreadable(self, path: str, error: Exception) -> None:
         key = (path, type(error).__name__)
         if key not in self._unreadable_logged and len(self._unreadable_logged) < 1000:
@@ -126,7 +136,7 @@ class SnapshotTaker:
         for pattern, pct in self.needs.pressure_watch:
             matched = [path for path in paths if matches(pattern, path)]
             prefix = literal_prefix(pattern)
-            if len(matched) > AGGREGATE_ABOVE and self.fs.pressure_file(prefix) is not None:
+            if len(matched) > AGGREGATE_ABOVE and self._has_psi(prefix):
                 # Many cgroups under one parent: its own PSI trigger wakes us for any of them (a parent's "some"
                 # stall includes every task stalled below it), instead of a descriptor per cgroup to poll.
                 matched = [prefix]
