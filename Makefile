@@ -11,7 +11,7 @@ CONFDIR ?= /etc/pyoomd
 # The notify-reload drop-in needs systemd >= 253; the version of the systemd that will run the unit decides.
 SYSTEMD_VERSION ?= $(shell systemctl --version 2>/dev/null | awk 'NR == 1 { print $$2 + 0 }')
 
-.PHONY: run test lint unit real clean install install-units user
+.PHONY: run test lint unit real clean install install-units user demo
 
 $(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ user:
 ## Start the daemon in the foreground with the shipped policy (root: it reads and kills in real cgroups).
 run: $(STAMP) user
 	$(BIN)/pyoomd run --config config.yaml
+
+## A guided demo: a page-cache thrasher in a cgroup of its own, pyoomd killing it, everything removed after.
+demo: $(STAMP) user
+	$(BIN)/python examples/demo.py
 
 ## Set up and run every test: lint, unit tests on fixture trees, real tests on this host's cgroups.
 test: $(STAMP) user

@@ -80,6 +80,21 @@ class Stop(Message, tag="stop"):
     pass
 
 
+class WatchedFigure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: str
+    some_avg10: float | None
+    full_avg10: float | None
+    usage: int | None
+
+
+class WatchedFigures(Message, tag="watched-figures"):
+    """Every few seconds, for the metrics: the watched cgroups' pressure and memory, and what a tick costs."""
+
+    read_seconds: float
+    evaluate_seconds: float
+    cgroups: list[WatchedFigure]
+
+
 class WantFullSnapshot(Message, tag="want-full-snapshot"):
     """The detector needs a full snapshot now (a ruleset is about to act, or a query): the supervisor passes it
     on to the collector, which takes one at once."""
@@ -132,6 +147,7 @@ class Snapshot(Message, tag="snapshot"):
     # With what actions read too (Needs.action_cgroups/action_fields); a tick's snapshot has only what the
     # detectors read. A ruleset acts only on a full one.
     full: bool = True
+    took: float = 0.0  # seconds the collector spent reading it
 
 
 # ---- commands: detector <-> actuator ---------------------------------------------------------------------------
@@ -171,6 +187,9 @@ class KillCommand(Message, tag="kill"):
     # "stop": StopUnit (the stop_unit action), then a direct kill of whatever the stop job left behind.
     operation: Literal["kill", "stop"] = "kill"
     stop_timeout: float = 5.0  # seconds the actuator waits for a stop job before it kills directly
+    prekill_hook: list[str] = []  # argv run before the kill, waited for at most prekill_timeout
+    postkill_hook: list[str] = []  # argv run after it, never waited for
+    prekill_timeout: float = 5.0
 
 
 # The only files a WriteCommand may name: the actuator refuses any other, whatever the policy says.
@@ -328,6 +347,7 @@ ForkServerAnswer = Spawned | ForkServerReady
 ControlMessage = (
     Hello | Welcome | Refused | PolicyUpdate | PolicyAck | Heartbeat | SnapshotEvaluated | Stop | ActionRecord
     | RulesetDisabled | PeerRestarted | Query | QueryAnswer | RulesetFired | RulesetStates | WantFullSnapshot
+    | WatchedFigures
 )
 CommandMessage = KillCommand | WriteCommand | UnitCommand | CommandResult
 AnyMessage = ControlMessage | Snapshot | KillCommand | WriteCommand | UnitCommand | CommandResult

@@ -41,6 +41,7 @@ from ipc.messages import (
     SnapshotEvaluated,
     Stop,
     WantFullSnapshot,
+    WatchedFigures,
     Welcome,
 )
 from ipc.signalqueue import SignalQueue
@@ -69,6 +70,7 @@ from supervisor.workers import (
 
 if TYPE_CHECKING:
     from supervisor.dbus_service import BusService
+    from supervisor.metrics import Metrics, MetricsView
 
 log = logging.getLogger("pyoomd.supervisor")
 
@@ -92,6 +94,8 @@ class Options:
     bus: str = "system"  # where pyoomd's own D-Bus interface is served: system | session | none | ADDRESS
     user: str | None = "pyoomd"  # the collector and detector run as this user (when started as root)
     admin_group: str | None = None  # besides root, this group may call the privileged D-Bus methods
+    metrics_textfile: Path | None = None  # node_exporter textfile collector file
+    metrics_listen: str | None = None  # ADDRESS:PORT (loopback) to serve /metrics on
 
 
 def describe_changes(old: Policy, new: Policy) -> str:
@@ -156,6 +160,11 @@ class Arbiter:
         self.requests = RequestQueue()
         self.bus_service: BusService | None = None
         self.broker: SourceBroker | None = None  # the collector's, while it runs unprivileged
+        self.fired_counts: dict[str, int] = {}
+        self.action_counts: dict[tuple[str, str, str], int] = {}
+        self.figures: WatchedFigures | None = None
+        self.metrics: Metrics | None = None
+        self.next_metrics = 0.0
         self.queries: dict[int, tuple[concurrent.futures.Future, float]] = {}  # query id -> (answer, deadline)
         self.query_ids = itertools.count(1)
         self.state_dirty = True
@@ -437,7 +446,10 @@ class Arbiter:
             elif isinstance(msg, RulesetStates):
                 self.ruleset_reports = msg.rulesets
                 self.state_dirty = True
+            elif isinstance(msg, WatchedFigures):
+                self.figures = msg
             elif isinstance(msg, RulesetFired):
+                self.fired_counts[msg.ruleset] = self.fired_counts.get(msg.ruleset, 0) + 1
                 if self.bus_service is not None:
                     self.bus_service.ruleset_fired(msg.ruleset, msg.group)
             elif isinstance(msg, QueryAnswer):
@@ -486,6 +498,8 @@ class Arbiter:
             self.repeats[key] = (now, 0)
         self.last_action = record
         self.actions_taken += 1
+        key = (record.ruleset, record.plugin, record.result)
+        self.action_counts[key] = self.action_counts.get(key, 0) + 1
         self.state_dirty = True
         if self.bus_service is not None:
             self.bus_service.action_taken(record)
@@ -616,6 +630,25 @@ class Arbiter:
                                       AccessPolicy(admin_gid=admin_gid), self.daemon_state())
         self.bus_service.start()
 
+    def metrics_view(self) -> MetricsView:
+        from supervisor.metrics import CgroupFigure, MetricsView  # prometheus_client only where metrics are on
+
+        f = self.figures
+        return MetricsView(
+            version=VERSION, layout=self.layout.kind, policy_generation=self.generation, dry_run=self.dry_run()[0],
+            fired=dict(self.fired_counts), actions=dict(self.action_counts),
+            workers=tuple((s.name, s.state is WorkerState.RUNNING, s.restarts) for s in self.slots.values()),
+            cgroups=tuple(CgroupFigure(c.path, c.some_avg10, c.full_avg10, c.usage) for c in f.cgroups) if f else (),
+            read_seconds=f.read_seconds if f else None, evaluate_seconds=f.evaluate_seconds if f else None,
+        )
+
+    def update_metrics(self, now: float) -> float:
+        if self.metrics is None:
+            return now + 3600
+        if now >= self.next_metrics:
+            self.next_metrics = min(self.metrics.update(self.metrics_view(), now), now + PUBLISH_INTERVAL)
+        return self.next_metrics
+
     def publish(self, now: float) -> float:
         if self.bus_service is None:
             return now + 3600
@@ -647,7 +680,7 @@ class Arbiter:
                     log.error("worker %s silent for %.0fs; killing it to restart it", slot.name, silent)
                     slot.signal(signal.SIGKILL)
         self.expire_queries(now)
-        wake = min(wake, self.publish(now))
+        wake = min(wake, self.publish(now), self.update_metrics(now))
         if self.stopping:
             wake = min(wake, max(self.stop_deadline, now + 0.05))
         elif self.evaluated:
@@ -699,6 +732,11 @@ class Arbiter:
                      len(self.policy.drop_ins))
         try:
             self.start_bus_service()
+            if self.options.metrics_textfile is not None or self.options.metrics_listen is not None:
+                from supervisor.metrics import Metrics
+
+                self.metrics = Metrics(self.options.metrics_textfile, self.options.metrics_listen)
+                self.metrics.start()
             for name in WORKER_ORDER:
                 self.start_worker(self.slots[name])
             while not (self.stopping and all(s.pidfd is None for s in self.slots.values())):
@@ -730,6 +768,8 @@ class Arbiter:
                     slot.reap()
             if self.bus_service is not None:
                 self.bus_service.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.forkserver is not None:
                 self.forkserver.close()  # it reads end of file and exits; PDEATHSIG covers the rest
                 with contextlib.suppress(ChildProcessError):

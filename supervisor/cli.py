@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "when pyoomd is started as root (default: pyoomd; 'root' keeps them root)")
     run.add_argument("--admin-group", help="a group whose members may, besides root, call the privileged D-Bus "
                      "methods (Reload, SetDryRun, PauseRuleset)")
+    run.add_argument("--metrics-textfile", type=Path, help="write Prometheus metrics to this file every 15 s "
+                     "(node_exporter's textfile collector)")
+    run.add_argument("--metrics-listen", help="serve Prometheus metrics at http://ADDRESS:PORT/metrics (loopback "
+                     "only, e.g. 127.0.0.1:9466)")
     run.add_argument("--worker-pythonpath", help=argparse.SUPPRESS)  # development: workers from another tree
 
     check = sub.add_parser("check", help="validate a policy file (YAML or oomd JSON); exit 1 with PATH:LINE:COL "
@@ -96,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "kill now and why")
     bus_option(explain)
     explain.add_argument("--json", action="store_true", help="as JSON, as Explain gives it")
+
+    top = sub.add_parser("top", help="a live view of the watched cgroups and how close each ruleset is to firing")
+    bus_option(top)
+    top.add_argument("--interval", type=_interval, default=2.0, help="seconds between frames (default 2)")
+    top.add_argument("--rows", type=int, default=20, help="how many cgroups to show (the most pressured first)")
+    top.add_argument("--once", action="store_true", help="one frame, then exit")
 
     dry = sub.add_parser("dry-run", help="turn the running daemon's dry-run on or off (root)")
     bus_option(dry)
@@ -273,6 +283,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from supervisor.client import ClientError
+    from supervisor.top import run
+
+    try:
+        return run(args.bus, args.interval, args.once, args.rows)
+    except ClientError as e:
+        print(f"pyoomd top: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_dry_run(args: argparse.Namespace) -> int:
     from supervisor.client import ClientError, DaemonClient
 
@@ -291,6 +314,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from supervisor.arbiter import Arbiter, Options
 
     log = logging.getLogger("pyoomd.supervisor")
+    if args.metrics_listen:
+        from supervisor.metrics import parse_listen
+
+        try:
+            parse_listen(args.metrics_listen)
+        except ValueError as e:
+            log.critical("cannot start: %s", e)
+            return 2
     forkserver = start_forkserver(log) if args.worker_pythonpath is None else None
     try:
         layout = detect_layout()
@@ -325,6 +356,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         bus=args.bus,
         user=args.user,
         admin_group=args.admin_group,
+        metrics_textfile=args.metrics_textfile.absolute() if args.metrics_textfile else None,
+        metrics_listen=args.metrics_listen,
         drop_in_dir=args.drop_in_dir.absolute() if args.drop_in_dir else None,
     )
     from supervisor.selfprotect import protect_self
@@ -372,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "convert":
         sys.exit(cmd_convert(args.path, args.drop_in))
     commands = {"reload": cmd_reload, "status": cmd_status, "dump": cmd_dump, "explain": cmd_explain,
-                "dry-run": cmd_dry_run}
+                "dry-run": cmd_dry_run, "top": cmd_top}
     if args.command in commands:
         sys.exit(commands[args.command](args))
     sys.exit(cmd_run(args))

@@ -19,8 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.loader import PolicyError, PolicyInvalid, load_policy_text
+from policy.loader import PolicyError, PolicyInvalid, Spots, load_policy_text
 from policy.model import Policy
+from policy.plugins.actions import hook_argv
 
 LAST_GOOD = "last-good-policy"
 
@@ -58,6 +59,32 @@ def refusal(path: Path) -> PolicyInvalid | None:
                                                        "owns and nobody else can write")])
 
 
+HOOK_ARGS = ("prekill_hook", "postkill_hook")
+
+
+def untrusted_hooks(policy: Policy, spots: Spots, source: str) -> list[PolicyError]:
+    """Every hook whose executable a root daemon may not run (see `untrusted`), at the argument's position.
+    Checked only when pyoomd runs as root (anyone else runs its hooks with no more than its own rights)."""
+    if os.geteuid() != 0:
+        return []
+    out = []
+    for ri, rs in enumerate(policy.rulesets):
+        for ai, spec in enumerate(rs.actions):
+            for arg in HOOK_ARGS:
+                command = spec.args.get(arg)
+                if not isinstance(command, str) or not command.strip():
+                    continue
+                executable = Path(hook_argv(command)[0])
+                why = untrusted(executable) if executable.exists() else "missing"
+                if why is None:
+                    continue
+                line, col = spots.get(("action", ri, ai, arg), spots.get(("action", ri, ai), (1, 1)))
+                out.append(PolicyError(source, line, col, f"{spec.name}: argument '{arg}': refused: {executable} "
+                                       f"is {why}; a root daemon runs only hooks root owns and nobody else can "
+                                       "write"))
+    return out
+
+
 @dataclass(frozen=True)
 class LastGood:
     policy: Policy
@@ -90,7 +117,11 @@ class PolicySource:
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) else f"not UTF-8 text ({e.reason})"
             raise PolicyInvalid([PolicyError(str(self.path), 1, 1, f"cannot read the policy: {reason}")]) from None
-        policy = load_policy_text(text, str(self.path))
+        spots: Spots = {}
+        policy = load_policy_text(text, str(self.path), spots)
+        problems = untrusted_hooks(policy, spots, str(self.path))
+        if problems:
+            raise PolicyInvalid(problems)
         self._remember(text)
         return policy
 

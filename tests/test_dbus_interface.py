@@ -169,6 +169,10 @@ def test_properties_and_signals_follow_a_real_kill(bus, cgroups, tmp_path):
         assert dump.returncode == 0 and re.search(rf"^{re.escape(cgroups.path)}/sleeper\s+1\s", dump.stdout, re.M)
         explain = pyoomd("explain", "--bus", bus.address)
         assert "ruleset 'test thrash'" in explain.stdout and "actions paused for" in explain.stdout
+        top = pyoomd("top", "--once", "--bus", bus.address)
+        assert top.returncode == 0, top.stderr
+        assert re.search(rf"^{re.escape(cgroups.path)}/sleeper\s+1\s", top.stdout, re.M), top.stdout
+        assert "test thrash [quiet, resting" in top.stdout and "parent under memory pressure:" in top.stdout
     finally:
         recorder.close()
         assert daemon.stop() == 0

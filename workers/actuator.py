@@ -50,6 +50,7 @@ from policy.engine import ruleset_options
 from policy.paths import is_protected, matches_any
 from policy.plugins import Plugin, build_plugin
 from workers.base import Worker, WorkerArgs, main
+from workers.hooks import Hooks
 from workers.systemd import ErrorKind, SystemdBus, UnitInfo, unit_name_from_cgroup
 
 log = logging.getLogger("pyoomd.actuator")
@@ -112,6 +113,7 @@ class CommandExecutor:
         self.answered: collections.OrderedDict[str, CommandResult] = collections.OrderedDict()
         # cgroup path -> when it was killed (monotonic), for the actions' kill storm limit (max_kills/kill_window)
         self.kills: dict[str, collections.deque[float]] = {}
+        self.hooks = Hooks()
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         targets: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -208,6 +210,9 @@ class CommandExecutor:
         result = self._execute(cmd)
         if result.status == "killed" and result.target:
             self.count_kill(result.target)
+        if result.status in ("killed", "failed") and result.target and cmd.postkill_hook:
+            note = self.hooks.postkill(cmd, result.target, result.pids, result.unit, result.status)
+            result = msgspec_replace(result, detail="; ".join(x for x in (result.detail, note) if x))
         self.answered[cmd.id] = result
         while len(self.answered) > REMEMBERED_COMMANDS:
             self.answered.popitem(last=False)
@@ -243,6 +248,11 @@ class CommandExecutor:
                 skipped.append(f"{cand.path}: {why_not}")
                 continue
             via_notes: list[str] = []
+            if cmd.prekill_hook and not cmd.dry_run:
+                # Just before the kill, the cgroup judged and still the one: the hook's wait is bounded.
+                hook_note = self.hooks.prekill(cmd, cand.path, sorted(self.fs.members(cand.path)))
+                if hook_note:
+                    skipped.append(hook_note)
             if cmd.via != "direct" and (cmd.target == "cgroup" or cmd.operation == "stop"):
                 outcome = self._through_manager(cmd, cand, refuse_pid, skipped)
                 if outcome.result is not None:
@@ -660,6 +670,7 @@ class Actuator(Worker):
         self.executor.apply_policy(update)
 
     def on_timer(self, now: float) -> float | None:
+        self.executor.hooks.reap()
         return self.executor.maybe_probe(now)
 
     def _warm_up(self) -> None:

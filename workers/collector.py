@@ -85,6 +85,7 @@ class SnapshotTaker:
     def take(self, generation: int, full: bool = True) -> Snapshot:
         """A tick's snapshot: what the detectors read; `full`: what the actions read too."""
         cgroups = []
+        started = time.monotonic()
         full = full or not self.has_on_demand
         with self.fs.tick():
             host = self.fs.read_host()
@@ -113,7 +114,7 @@ class SnapshotTaker:
         self.seq += 1
         return Snapshot(
             seq=self.seq, generation=generation, time=time.time(), monotonic=time.monotonic(), host=host,
-            cgroups=cgroups, full=full,
+            cgroups=cgroups, full=full, took=round(time.monotonic() - started, 6),
         )
 
     def _has_psi(self, path: str) -> bool:

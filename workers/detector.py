@@ -27,11 +27,14 @@ from ipc.messages import (
     Snapshot,
     SnapshotEvaluated,
     WantFullSnapshot,
+    WatchedFigure,
+    WatchedFigures,
     WriteCommand,
 )
 from policy.engine import Engine
 from workers.base import Worker, WorkerArgs, main
 
+FIGURES_INTERVAL = 10.0  # seconds between the watched cgroups' figures sent for the metrics
 FRESH_ENOUGH = 1.0  # a query is answered from a full snapshot at most this old (seconds), else from a new one
 WANT_FULL_GAP = 0.2  # seconds between asks for a full snapshot while a ruleset waits to act
 
@@ -49,6 +52,7 @@ class Detector(Worker):
         self.last_snapshot: Snapshot | None = None  # the last full one the engine ran on, for queries
         self.pending_queries: list[Query] = []  # waiting for a full snapshot fresher than FRESH_ENOUGH
         self.full_asked = 0.0  # when a full snapshot was last asked for (monotonic)
+        self.next_figures = 0.0
         self.reported: list[RulesetReport] | None = None  # the ruleset states last sent to the supervisor
         self.evaluated_generation = -1
         self.last_logged: dict[str, tuple[str, float]] = {}
@@ -126,6 +130,14 @@ class Detector(Worker):
             return  # read for another policy: it may lack cgroups this one needs
         now = time.monotonic()
         outcome = self.engine.tick(snapshot, now)
+        if now >= self.next_figures:
+            self.next_figures = now + FIGURES_INTERVAL
+            self.send_control(WatchedFigures(
+                read_seconds=snapshot.took, evaluate_seconds=round(time.monotonic() - now, 6),
+                cgroups=[WatchedFigure(path=cg.path,
+                                       some_avg10=cg.pressure.some_avg10 if cg.pressure else None,
+                                       full_avg10=cg.pressure.full_avg10 if cg.pressure else None,
+                                       usage=cg.usage) for cg in snapshot.cgroups]))
         if outcome.want_full:
             self._want_full()
         if snapshot.full:

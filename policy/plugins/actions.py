@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import signal
 import uuid
 from collections import defaultdict
@@ -75,11 +76,25 @@ KILL_ARGS = (
         "'systemd' through the service manager (KillUnit, after checking the unit's cgroup and invocation), "
         "'direct' by pyoomd itself, 'auto' through the manager when it answered its last probe. Any other cgroup, "
         "and any failure of the manager, gets the direct kill", choices=("auto", "systemd", "direct")),
+    Arg("prekill_hook", "string", "", "pyoomd: a command run just before the kill, with the victim in its "
+        "environment (PYOOMD_CGROUP, PYOOMD_PIDS, PYOOMD_RULESET, ...); the kill waits for it at most the "
+        "ruleset's prekill_hook_timeout (default 5 s), never longer. Its executable must be root's and writable by "
+        "no one else"),
+    Arg("postkill_hook", "string", "", "pyoomd: a command run after the kill, with PYOOMD_RESULT too; never "
+        "waited for"),
     Arg("max_kills", "int", 5, "pyoomd: at most this many kills of one cgroup within `kill_window`; more are "
         "refused and logged (the cgroup is passed over), so that a unit its manager keeps restarting cannot make "
         "pyoomd kill forever. 0: no limit", minimum=0),
     Arg("kill_window", "duration", 600.0, "pyoomd: the window `max_kills` counts in", unit="s", minimum=1),
 )
+
+
+DEFAULT_PREKILL_TIMEOUT = 5.0  # seconds a kill waits for its prekill hook when the ruleset does not say (as oomd)
+
+
+def hook_argv(command: str) -> list[str]:
+    """A hook's command line, split as a shell would split it (no shell runs it)."""
+    return shlex.split(command) if command.strip() else []
 
 
 def _parent(path: str) -> str:
@@ -137,9 +152,19 @@ class KillPlugin(Plugin):
     via: str
     max_kills: int
     kill_window: float
+    prekill_hook: str
+    postkill_hook: str
 
     def setup(self) -> None:
         self.require_cgroup()
+        for name in ("prekill_hook", "postkill_hook"):
+            try:
+                argv = hook_argv(getattr(self, name))
+            except ValueError as e:  # an unclosed quote
+                raise ArgError(name, f"argument '{name}': {e}", at_value=True) from None
+            if argv and not argv[0].startswith("/"):
+                raise ArgError(name, f"argument '{name}': give the command's absolute path, not {argv[0]!r} (no "
+                               "PATH is searched for a root daemon)", at_value=True)
         if self.post_action_delay is None:
             self.post_action_delay = self.ruleset.post_action_delay
         if self.signal in _NOT_TERMINATING or self.signal == 0:
@@ -285,7 +310,12 @@ class KillPlugin(Plugin):
 
     def command_options(self) -> dict:
         """What the command says about how to act (a subclass that stops units says so here)."""
-        return {"via": self.via, "kill_timeout": KILL_TIMEOUT + self.grace}
+        return {"via": self.via, "kill_timeout": KILL_TIMEOUT + self.grace, **self.hook_options()}
+
+    def hook_options(self) -> dict:
+        timeout = self.ruleset.prekill_hook_timeout
+        return {"prekill_hook": hook_argv(self.prekill_hook), "postkill_hook": hook_argv(self.postkill_hook),
+                "prekill_timeout": DEFAULT_PREKILL_TIMEOUT if timeout is None else timeout}
 
     def on_result(self, status: str) -> Ret:
         # Something was killed (or would have been): end the chain and hold off for post_action_delay, unless
@@ -575,7 +605,7 @@ class StopUnit(KillPlugin):
 
     def command_options(self) -> dict:
         return {"via": "systemd", "operation": "stop", "stop_timeout": self.stop_timeout,
-                "kill_timeout": KILL_TIMEOUT}
+                "kill_timeout": KILL_TIMEOUT, **self.hook_options()}
 
 
 @register
@@ -599,4 +629,4 @@ class KillUnit(StopUnit):
     grace: float  # type: ignore[assignment]
 
     def command_options(self) -> dict:
-        return {"via": "systemd", "kill_timeout": KILL_TIMEOUT + self.grace}
+        return {"via": "systemd", "kill_timeout": KILL_TIMEOUT + self.grace, **self.hook_options()}
