@@ -140,7 +140,7 @@ class ConditionWatch:
             time.sleep(0.02)
 
 
-def one(variant: str, daemon_kind: str, oomd: str | None) -> Run:
+def one(variant: str, daemon_kind: str, oomd: str | None, limit_mib: int = 64) -> Run:
     run = Run(variant, daemon_kind)
     cg = CgroupSandbox(name=f"pyoomd-latency-{os.getpid()}-{next(_counter)}")
     cg.mkdir()
@@ -159,7 +159,7 @@ def one(variant: str, daemon_kind: str, oomd: str | None) -> Run:
                 proc = subprocess.Popen([oomd, "--config", str(config), "--cgroup-fs", str(CGROUP_ROOT / "unified"),
                                          "--interval", "1"], stdout=subprocess.DEVNULL, stderr=log)
             time.sleep(3)  # oomd has no readiness signal; it reads its config at once
-        cg.mkdir("thrasher", memory_limit=64 << 20)
+        cg.mkdir("thrasher", memory_limit=limit_mib << 20)
         cg.mkdir("idle")
         idle = cg.sleeper("idle")
         watch = ConditionWatch(CGROUP_ROOT / "unified" / cg.name, variant)
@@ -199,6 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", default="a,b,a+", help="variants, comma-separated")
+    parser.add_argument("--limit-mib", type=int, default=64, help="the thrasher's memory limit: lower thrashes "
+                        "harder (how hard a 64 MiB one stalls varies from host to host and with its load)")
     args = parser.parse_args()
     oomd = os.environ.get("OOMD")
     plan = [(v, "pyoomd") for v in args.only.split(",")]
@@ -207,7 +209,7 @@ def main() -> None:
     results: list[Run] = []
     for variant, kind in plan:
         for _ in range(args.runs):
-            r = one(variant, kind, oomd)
+            r = one(variant, kind, oomd, args.limit_mib)
             results.append(r)
             ck = f"{r.condition_to_kill:.3f}" if r.condition_to_kill is not None else "-"
             sk = f"{r.start_to_kill:.2f}" if r.start_to_kill is not None else "-"
