@@ -21,6 +21,11 @@ log = logging.getLogger("pyoomd.plugins")
 MB = 1 << 20
 
 
+# Readings come once a tick, and a tick's timer wakes a few milliseconds early or late: "held for 2 s" seen at
+# readings 1.998 s apart must count, or it waits a whole tick more (measured: condition to kill 1.3 s, not 0.3).
+HELD_SLACK = 0.05
+
+
 class HeldFor:
     """oomd's `hit_thres_at_`: a condition must hold continuously for `duration` seconds."""
 
@@ -34,7 +39,7 @@ class HeldFor:
             return False
         if self.since is None:
             self.since = now
-        return now - self.since >= self.duration
+        return now - self.since >= self.duration - HELD_SLACK
 
 
 class RiseWithin:
