@@ -19,6 +19,27 @@ Read = Callable[[str], str]
 # reading a cgroup's members means its cgroup.procs and those of all its descendants.
 FIELD_GROUPS = frozenset({"memory", "swap", "reclaim", "oom", "tree", "pressure", "io", "xattrs"})
 
+# What each group reads on each layout, for docs/configuration.md (policy/docgen.py); the functions below and
+# cgroupfs/tree.py are what reads them. "twin": the cgroup's cgroup2 directory, used once verified to hold the
+# same processes.
+FIELD_FILES: dict[str, tuple[str, str, str]] = {  # group -> (v1, hybrid, v2)
+    "memory": ("memory.usage_in_bytes, memory.limit_in_bytes, memory.stat", "as v1",
+               "memory.current, memory.max, memory.stat, memory.min, memory.low"),
+    "swap": ("memory.memsw.usage_in_bytes, memory.memsw.limit_in_bytes (with swap accounting)", "as v1",
+             "memory.swap.current, memory.swap.max"),
+    "reclaim": ("memory.stat (workingset_refault*, pgmajfault)", "as v1",
+                "memory.stat (pgscan, workingset_refault*, pgmajfault); /proc/vmstat for the root"),
+    "oom": ("memory.oom_control, memory.failcnt", "as v1", "memory.events"),
+    "tree": ("cgroup.procs of the cgroup and its descendants", "as v1, and the twin's cgroup.stat",
+             "cgroup.procs of the cgroup and its descendants, cgroup.stat"),
+    "pressure": ("none (the root: /proc/pressure/memory)", "the twin's memory.pressure",
+                 "memory.pressure"),
+    "io": ("blkio.throttle.io_service_bytes_recursive, blkio.throttle.io_serviced_recursive",
+           "the twin's io.pressure and io.stat, else as v1", "io.pressure, io.stat"),
+    "xattrs": ("the directory's xattrs (trusted.* through the supervisor)", "as v1, and the twin's",
+               "the directory's xattrs"),
+}
+
 
 def _optional(read: Read, path: str) -> str | None:
     """The text of a file a kernel may not have (swap accounting off, an older kernel)."""

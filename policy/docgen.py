@@ -8,8 +8,56 @@ arguments the code accepts.
 
 from __future__ import annotations
 
+from cgroupfs.figures import FIELD_FILES
+from policy.loader import RULESET_KEYS, TOP_KEYS
+from policy.model import PluginSpec
 from policy.plugins.args import Arg
+from policy.plugins.base import Plugin, PluginKind, RulesetOptions, build_plugin
 from policy.plugins.registry import plugins_of
+
+# Every key the loader takes, described here; a test fails when the loader takes a key this does not describe.
+TOP_KEY_DOCS = {
+    "version": ("int", "1", "the policy language; this pyoomd reads 1"),
+    "interval": ("duration", "1s", "how often the collector takes a snapshot"),
+    "dry_run": ("bool", "false", "decide and record, signal nothing (so does `pyoomd run --dry-run`)"),
+    "rulesets": ("list", "required", "the rulesets, run in order every tick"),
+}
+RULESET_KEY_DOCS = {
+    "name": ("string", "required", "how logs, records, D-Bus and drop-ins name it"),
+    "detectors": ("list", "required", "detector groups: `{name, all: [detector, ...]}`; it fires when all of one "
+                  "group's detectors hold"),
+    "actions": ("list", "required", "run in order while they CONTINUE"),
+    "post_action_delay": ("duration", "15s", "after an action that ended the chain (a kill), the ruleset's actions "
+                          "rest this long; its detectors keep running"),
+    "prekill_hook_timeout": ("duration", "5s", "how long a kill waits for its action's prekill_hook"),
+    "silence_logs": ("list", "none", "`engine`, `plugins`: quiet what this ruleset logs (oomd's silence-logs)"),
+    "drop_in": ("mapping", "none", "`{detectors, actions, disable_on_drop_in}`: what drop-in files may replace"),
+    "cgroup": ("cgroups", "none", "a per-cgroup ruleset: it runs once for every matching cgroup"),
+    "xattr_filter": ("string", "none", "with `cgroup`: only the cgroups carrying this xattr"),
+}
+_DUMMY = {"cgroups": "/x", "globs": "/x", "int": "1", "float": "1", "bool": "false", "duration": "1",
+          "size": "1M", "size_or_percent": "1%", "string": "x", "signal": "SIGKILL"}
+
+
+def field_groups(cls: type[Plugin], kind: PluginKind) -> list[str]:
+    """The field groups a plugin reads, from its own needs() (built with placeholder arguments)."""
+    args = {a.name: (a.choices[0] if a.choices else _DUMMY.get(a.kind, "x")) for a in cls.args if a.required}
+    if not args.keys() & {"cgroup", "ruleset_cgroup"} and any(a.name == "cgroup" for a in cls.args):
+        args["cgroup"] = "/x"
+    try:
+        plugin = build_plugin(PluginSpec(name=cls.name, args=args), kind, RulesetOptions("r", 15.0, 1.0))
+    except Exception:
+        return []
+    n = plugin.needs()
+    return sorted(n.fields | n.action_fields)
+
+
+def _keys_table(keys: dict[str, tuple[str, ...]], docs: dict[str, tuple[str, str, str]]) -> list[str]:
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key in keys:
+        kind, default, doc = docs[key]
+        out.append(f"| `{key}` | {kind} | {default} | {doc} |")
+    return [*out, ""]
 
 HEADER = """# Configuration reference
 
@@ -34,7 +82,14 @@ def _arg_row(a: Arg) -> str:
 
 
 def render() -> str:
-    out = [HEADER]
+    out = [HEADER, "## Top-level keys\n", *_keys_table(TOP_KEYS, TOP_KEY_DOCS), "## Ruleset keys\n",
+           *_keys_table(RULESET_KEYS, RULESET_KEY_DOCS), "## What each field group reads\n",
+           "A plugin names the field groups it needs; the collector reads those files of the cgroups it watches and "
+           "nothing else (a kill action's, only for the snapshot it acts on). A figure a layout or kernel lacks is "
+           "absent, never 0.\n",
+           "| group | cgroup v1 | hybrid | cgroup v2 |", "|---|---|---|---|"]
+    out.extend(f"| `{g}` | {v1} | {hy} | {v2} |" for g, (v1, hy, v2) in sorted(FIELD_FILES.items()))
+    out.append("")
     for kind, title in (("detector", "Detectors"), ("action", "Actions")):
         out.append(f"## {title}\n")
         for cls in plugins_of(kind):
@@ -47,6 +102,9 @@ def render() -> str:
             out.append((cls.doc or "").strip() + both + "\n")
             if cls.requires:
                 out.append("Host requirements: " + ", ".join(sorted(cls.requires)) + ".\n")
+            groups = field_groups(cls, kind)
+            if groups:
+                out.append("Reads: " + ", ".join(f"`{g}`" for g in groups) + " (see the table above).\n")
             if cls.args:
                 out.append("| argument | type | default | meaning |")
                 out.append("|---|---|---|---|")

@@ -89,6 +89,9 @@ KILL_ARGS = (
 )
 
 
+# What every action that ends a cgroup takes, whatever its other arguments: hooks and the kill storm limit.
+SHARED_KILL_ARGS = tuple(a for a in KILL_ARGS if a.name in ("prekill_hook", "postkill_hook", "max_kills",
+                                                            "kill_window"))
 DEFAULT_PREKILL_TIMEOUT = 5.0  # seconds a kill waits for its prekill hook when the ruleset does not say (as oomd)
 
 
@@ -586,6 +589,7 @@ class StopUnit(KillPlugin):
         Arg("prefer", "globs", (), "cgroups to stop before any other (like the xattr trusted.oomd_prefer)"),
         Arg("avoid", "globs", (), "cgroups to stop only when nothing else is left (like trusted.oomd_avoid)"),
         Arg("omit", "globs", (), "cgroups never to pick (like systemd's user.oomd_omit)"),
+        *SHARED_KILL_ARGS,
     )
     requires = frozenset({"systemd"})
     # KillPlugin's arguments this action does not take: a stop is a whole unit, through the manager.
@@ -624,6 +628,7 @@ class KillUnit(StopUnit):
         Arg("prefer", "globs", (), "cgroups to kill before any other (like the xattr trusted.oomd_prefer)"),
         Arg("avoid", "globs", (), "cgroups to kill only when nothing else is left (like trusted.oomd_avoid)"),
         Arg("omit", "globs", (), "cgroups never to pick (like systemd's user.oomd_omit)"),
+        *SHARED_KILL_ARGS,
     )
     stop_timeout = 0.0
     grace: float  # type: ignore[assignment]
