@@ -1,6 +1,6 @@
 """`make demo`: the livelock pyoomd exists for, on this host, in about a minute.
 
-It makes a cgroup of its own with a 64 MiB memory limit, starts a program there that reads a 256 MiB file over
+It makes a cgroup of its own with a 40 MiB memory limit, starts a program there that reads a 256 MiB file over
 and over (its page cache can never fit: the kernel reclaims and re-reads forever, and its OOM killer never acts,
 since nothing is out of memory), starts an idle neighbour beside it, and runs pyoomd with a small policy on
 their parent. It prints the thrasher's memory pressure each second until pyoomd kills it, then what pyoomd
@@ -90,10 +90,10 @@ def main() -> int:
                 d = cgroup_dir(h, child)
                 d.mkdir()
                 made.append(d)
-        (cgroup_dir("memory", "thrasher") / "memory.limit_in_bytes").write_text(str(64 << 20))
+        (cgroup_dir("memory", "thrasher") / "memory.limit_in_bytes").write_text(str(40 << 20))
         (work / "policy.yaml").write_text(POLICY)
         (work / "policy.yaml").chmod(0o644)
-        print(f"1. cgroup /{NAME}/thrasher with a 64 MiB memory limit, and /{NAME}/idle beside it\n")
+        print(f"1. cgroup /{NAME}/thrasher with a 40 MiB memory limit, and /{NAME}/idle beside it\n")
         print("2. pyoomd starts with this policy:\n")
         print(textwrap.indent(POLICY, "     "))
         log = open(work / "pyoomd.log", "wb")  # noqa: SIM115 - kept open while pyoomd runs
@@ -112,7 +112,7 @@ def main() -> int:
         idle = start_in("idle", ["sleep", "1000"])
         thrasher = start_in("thrasher", [sys.executable, "-c", THRASHER, str(work / "thrash.dat")])
         procs += [idle, thrasher]
-        print("3. the thrasher reads a 256 MiB file in 64 MiB: its page cache thrashes, the kernel OOM killer never "
+        print("3. the thrasher reads a 256 MiB file in 40 MiB: its page cache thrashes, the kernel OOM killer never "
               "acts\n")
         started = time.monotonic()
         while thrasher.poll() is None and time.monotonic() - started < 180:
