@@ -45,7 +45,7 @@ def test_metrics_follow_a_real_kill_in_the_textfile_and_over_http(cgroups, tmp_p
         def scraped() -> str | None:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             return text if value(text, "pyoomd_cgroup_memory_pressure_avg10", cgroup=f"{cgroups.path}/thrasher",
-                                 kind="full") is not None and "pyoomd_actions_total" in text else None
+                                 kind="full") is not None and "pyoomd_actions_total{" in text else None
 
         http = wait_for(scraped, 40, "the kill and the figures over HTTP")
         assert value(http, "pyoomd_actions_total", ruleset="test thrash", action="kill_by_memory_size_or_growth",
