@@ -11,7 +11,7 @@ CONFDIR ?= /etc/pyoomd
 # The notify-reload drop-in needs systemd >= 253; the version of the systemd that will run the unit decides.
 SYSTEMD_VERSION ?= $(shell systemctl --version 2>/dev/null | awk 'NR == 1 { print $$2 + 0 }')
 
-.PHONY: run test lint unit real clean install install-units user demo
+.PHONY: run test test-deps lint unit real clean install install-units user demo
 
 $(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,18 @@ run: $(STAMP) user
 demo: $(STAMP) user
 	$(BIN)/python examples/demo.py
 
+## Debian's packages the tests run for real: a notification server (dunst) on a virtual screen (xvfb), for the
+## desktop notifications. Installed only when missing, and only as root (as CI runs).
+TEST_PACKAGES := dunst:dunst Xvfb:xvfb
+test-deps:
+	@missing=""; for p in $(TEST_PACKAGES); do command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		echo "installing$$missing"; export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; fi
+
 ## Set up and run every test: lint, unit tests on fixture trees, real tests on this host's cgroups.
-test: $(STAMP) user
+test: $(STAMP) user test-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -v -rfEs tests
 

@@ -190,6 +190,7 @@ class KillCommand(Message, tag="kill"):
     prekill_hook: list[str] = []  # argv run before the kill, waited for at most prekill_timeout
     postkill_hook: list[str] = []  # argv run after it, never waited for
     prekill_timeout: float = 5.0
+    notify: bool = False  # after a kill, a desktop notification to the session of each user whose processes died
 
 
 # The only files a WriteCommand may name: the actuator refuses any other, whatever the policy says.

@@ -26,6 +26,7 @@ def cgroups() -> Iterator[CgroupSandbox]:
 
 
 # Appended with the fixture below rather than merged into the imports above, which other work edits too.
+from tests.desktop_session import desktop  # noqa: E402, F401  (a fixture: a user's desktop session)
 from tests.systemd_manager import UserManager, user_manager  # noqa: E402
 
 

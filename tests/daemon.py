@@ -36,8 +36,9 @@ class Daemon:
         self.proc: subprocess.Popen | None = None
         self.sockets_left: list[str] = []
 
-    def start(self, cgroup_dirs: list[Path] | None = None) -> Daemon:
-        """Start it; with `cgroup_dirs`, inside those cgroups (one per hierarchy), moved there before exec."""
+    def start(self, cgroup_dirs: list[Path] | None = None, wrapper: list[str] | None = None) -> Daemon:
+        """Start it; with `cgroup_dirs`, inside those cgroups (one per hierarchy), moved there before exec; with
+        `wrapper`, through that command prefix, which must exec the rest (the PID stays the supervisor's)."""
         env = dict(os.environ, PYTHONPATH=str(REPO))
 
         def move() -> None:
@@ -45,8 +46,9 @@ class Daemon:
                 (d / "cgroup.procs").write_text(str(os.getpid()))
 
         with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(self.argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stderr=err,
-                                         stdout=err, preexec_fn=move if cgroup_dirs else None)
+            self.proc = subprocess.Popen([*(wrapper or []), *self.argv], cwd=REPO, env=env,
+                                         stdin=subprocess.DEVNULL, stderr=err, stdout=err,
+                                         preexec_fn=move if cgroup_dirs else None)
         return self
 
     @property

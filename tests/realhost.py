@@ -17,6 +17,7 @@ import pytest
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 HIERARCHIES = ("memory", "unified")
+SYSTEM_PYTHON = "/usr/bin/python3"  # the thrasher's interpreter when it runs as another user
 
 THRASHER = r"""
 import mmap, os, sys
@@ -73,23 +74,36 @@ class CgroupSandbox:
         if memory_limit is not None:
             (CGROUP_ROOT / "memory" / self.name / rel / "memory.limit_in_bytes").write_text(str(memory_limit))
 
-    def spawn(self, rel: str, argv: list[str], hierarchies: tuple[str, ...] = HIERARCHIES) -> subprocess.Popen:
-        """Start argv inside child cgroup `rel` (moved before exec, so all it does is charged there)."""
+    def spawn(self, rel: str, argv: list[str], hierarchies: tuple[str, ...] = HIERARCHIES,
+              user: int | None = None) -> subprocess.Popen:
+        """Start argv inside child cgroup `rel` (moved before exec, so all it does is charged there); with
+        `user`, as that uid (and gid, no other group), after the move, which only root may make."""
         dirs = [CGROUP_ROOT / h / self.name / rel for h in hierarchies]
+
+        def enter() -> None:
+            _move_into(dirs)
+            if user is not None:
+                os.setgroups([])
+                os.setresgid(user, user, user)
+                os.setresuid(user, user, user)
+
         proc = subprocess.Popen(
-            argv, preexec_fn=lambda: _move_into(dirs), stdin=subprocess.DEVNULL,
+            argv, preexec_fn=enter, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.procs.append(proc)
         return proc
 
-    def thrasher(self, rel: str, hierarchies: tuple[str, ...] = HIERARCHIES) -> subprocess.Popen:
+    def thrasher(self, rel: str, hierarchies: tuple[str, ...] = HIERARCHIES, user: int | None = None
+                 ) -> subprocess.Popen:
         data = Path(f"/tmp/{self.name}-{rel.replace('/', '-')}.dat")
         self.files.append(data)
-        return self.spawn(rel, [sys.executable, "-c", THRASHER, str(data)], hierarchies)
+        # Another user cannot run the test's own interpreter (it lives under root's home): the system's then.
+        python = sys.executable if user is None else SYSTEM_PYTHON
+        return self.spawn(rel, [python, "-c", THRASHER, str(data)], hierarchies, user)
 
-    def sleeper(self, rel: str) -> subprocess.Popen:
-        return self.spawn(rel, ["sleep", "1000"])
+    def sleeper(self, rel: str, user: int | None = None) -> subprocess.Popen:
+        return self.spawn(rel, ["sleep", "1000"], user=user)
 
     def leftover_pids(self) -> set[int]:
         """Processes still in the sandbox: descendants of what this test started (a shell's children)."""

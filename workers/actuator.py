@@ -50,6 +50,7 @@ from policy.engine import ruleset_options
 from policy.paths import is_protected, matches_any
 from policy.plugins import Plugin, build_plugin
 from workers.base import Worker, WorkerArgs, main
+from workers.desktop_notify import DesktopNotifier, owners
 from workers.hooks import Hooks
 from workers.systemd import ErrorKind, SystemdBus, UnitInfo, unit_name_from_cgroup
 
@@ -114,6 +115,9 @@ class CommandExecutor:
         # cgroup path -> when it was killed (monotonic), for the actions' kill storm limit (max_kills/kill_window)
         self.kills: dict[str, collections.deque[float]] = {}
         self.hooks = Hooks()
+        self.notifier = DesktopNotifier()
+        # command id -> the uids owning the victim's processes, read just before its kill (for `notify`)
+        self.owners: dict[str, set[int]] = {}
 
     def apply_policy(self, update: PolicyUpdate) -> None:
         targets: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -208,10 +212,15 @@ class CommandExecutor:
                         earlier.status)
             return earlier
         result = self._execute(cmd)
+        users = self.owners.pop(cmd.id, set())
         if result.status == "killed" and result.target:
             self.count_kill(result.target)
         if result.status in ("killed", "failed") and result.target and cmd.postkill_hook:
             note = self.hooks.postkill(cmd, result.target, result.pids, result.unit, result.status)
+            result = msgspec_replace(result, detail="; ".join(x for x in (result.detail, note) if x))
+        if result.status == "killed" and cmd.notify:
+            # After the kill and its record's facts, never before: the child is started and left to run.
+            note = self.notifier.notify(cmd, result, users)
             result = msgspec_replace(result, detail="; ".join(x for x in (result.detail, note) if x))
         self.answered[cmd.id] = result
         while len(self.answered) > REMEMBERED_COMMANDS:
@@ -253,6 +262,9 @@ class CommandExecutor:
                 hook_note = self.hooks.prekill(cmd, cand.path, sorted(self.fs.members(cand.path)))
                 if hook_note:
                     skipped.append(hook_note)
+            if cmd.notify and not cmd.dry_run:
+                # Whose processes these are can only be read while they live.
+                self.owners[cmd.id] = owners(self.fs.members(cand.path))
             if cmd.via != "direct" and (cmd.target == "cgroup" or cmd.operation == "stop"):
                 outcome = self._through_manager(cmd, cand, refuse_pid, skipped)
                 if outcome.result is not None:
@@ -671,6 +683,7 @@ class Actuator(Worker):
 
     def on_timer(self, now: float) -> float | None:
         self.executor.hooks.reap()
+        self.executor.notifier.reap(now)
         return self.executor.maybe_probe(now)
 
     def _warm_up(self) -> None:

@@ -86,12 +86,13 @@ def status_field(name: str) -> str:
     return ""
 
 
-def drop_to(who: Identity, supervisor_pid: int) -> None:
-    """Become `who` with CAP_IPC_LOCK alone; raise PrivilegeError when any step fails or did not take."""
+def drop_to(who: Identity, supervisor_pid: int, keep: int = 1 << CAP_IPC_LOCK) -> None:
+    """Become `who` with the capabilities in the mask `keep` alone (CAP_IPC_LOCK unless told; 0 for none); raise
+    PrivilegeError when any step fails or did not take. `supervisor_pid` is the parent this process must still
+    have afterwards."""
     libc = _libc()
-    keep = 1 << CAP_IPC_LOCK
     for cap in range(_last_cap() + 1):
-        if cap != CAP_IPC_LOCK:
+        if not keep & (1 << cap):
             _prctl(libc, PR_CAPBSET_DROP, cap, f"dropping capability {cap} from the bounding set")
     _prctl(libc, PR_SET_KEEPCAPS, 1, "PR_SET_KEEPCAPS")
     try:
@@ -122,7 +123,7 @@ def _verify(who: Identity, keep: int) -> None:
     for field in ("CapEff", "CapPrm", "CapBnd"):
         value = int(status_field(field) or "0", 16)
         if value != keep:
-            raise PrivilegeError(f"{field} is {value:#x} after the drop, not CAP_IPC_LOCK alone")
+            raise PrivilegeError(f"{field} is {value:#x} after the drop, not {keep:#x}")
     if int(status_field("CapInh") or "0", 16) or int(status_field("CapAmb") or "0", 16):
         raise PrivilegeError("inheritable or ambient capabilities left after the drop")
     if status_field("NoNewPrivs") != "1":

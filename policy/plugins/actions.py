@@ -82,6 +82,9 @@ KILL_ARGS = (
         "no one else"),
     Arg("postkill_hook", "string", "", "pyoomd: a command run after the kill, with PYOOMD_RESULT too; never "
         "waited for"),
+    Arg("notify", "bool", False, "pyoomd: after a kill, a desktop notification (org.freedesktop.Notifications) "
+        "to the session of each user whose processes were killed, on their session bus at /run/user/UID/bus, sent "
+        "as that user; never delays the kill, and a user with no session bus gets none"),
     Arg("max_kills", "int", 5, "pyoomd: at most this many kills of one cgroup within `kill_window`; more are "
         "refused and logged (the cgroup is passed over), so that a unit its manager keeps restarting cannot make "
         "pyoomd kill forever. 0: no limit", minimum=0),
@@ -89,9 +92,10 @@ KILL_ARGS = (
 )
 
 
-# What every action that ends a cgroup takes, whatever its other arguments: hooks and the kill storm limit.
-SHARED_KILL_ARGS = tuple(a for a in KILL_ARGS if a.name in ("prekill_hook", "postkill_hook", "max_kills",
-                                                            "kill_window"))
+# What every action that ends a cgroup takes, whatever its other arguments: hooks, notifications and the kill
+# storm limit.
+SHARED_KILL_ARGS = tuple(a for a in KILL_ARGS if a.name in ("prekill_hook", "postkill_hook", "notify",
+                                                            "max_kills", "kill_window"))
 DEFAULT_PREKILL_TIMEOUT = 5.0  # seconds a kill waits for its prekill hook when the ruleset does not say (as oomd)
 
 
@@ -157,6 +161,7 @@ class KillPlugin(Plugin):
     kill_window: float
     prekill_hook: str
     postkill_hook: str
+    notify: bool
 
     def setup(self) -> None:
         self.require_cgroup()
@@ -318,7 +323,7 @@ class KillPlugin(Plugin):
     def hook_options(self) -> dict:
         timeout = self.ruleset.prekill_hook_timeout
         return {"prekill_hook": hook_argv(self.prekill_hook), "postkill_hook": hook_argv(self.postkill_hook),
-                "prekill_timeout": DEFAULT_PREKILL_TIMEOUT if timeout is None else timeout}
+                "prekill_timeout": DEFAULT_PREKILL_TIMEOUT if timeout is None else timeout, "notify": self.notify}
 
     def on_result(self, status: str) -> Ret:
         # Something was killed (or would have been): end the chain and hold off for post_action_delay, unless
