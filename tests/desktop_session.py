@@ -4,12 +4,14 @@ and ended by PID.
 
 The session bus lives where logind puts it, `<run>/UID/bus`, with `<run>` a directory of the test's; the
 daemon under test sees it as /run/user/UID/bus through a bind mount in a mount namespace of its own
-(`daemon_wrapper`), so the host's /run/user is never touched. The user is `nobody`, with no process of anyone
-else's touched: every process of the session is the test's own child.
+(`daemon_wrapper`), or through the unit's own bind mount, so the host's /run/user is never touched. The user is
+`nobody` unless a test says otherwise (root, for a daemon run as a unit of the test's manager, whose workloads are
+root's), with no process of anyone else's touched: every process of the session is the test's own child.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,10 +43,12 @@ def require_tools() -> None:
         pytest.skip(message)
 
 
-def _as_user() -> None:
-    os.setgroups([])
-    os.setresgid(USER, USER, USER)
-    os.setresuid(USER, USER, USER)
+def _become(uid: int):
+    def become() -> None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    return become
 
 
 @dataclass
@@ -69,7 +73,7 @@ class DesktopSession:
                 "DBUS_SESSION_BUS_ADDRESS": f"unix:path={self.bus}"}
 
     def _start(self, argv: list[str], as_user: bool = True, **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, env=self.env(), preexec_fn=_as_user if as_user else None,
+        proc = subprocess.Popen(argv, env=self.env(), preexec_fn=_become(self.uid) if as_user else None,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
         self.procs.append(proc)
         return proc
@@ -96,7 +100,7 @@ class DesktopSession:
         return self
 
     def dunstctl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["dunstctl", *args], env=self.env(), preexec_fn=_as_user, capture_output=True,
+        return subprocess.run(["dunstctl", *args], env=self.env(), preexec_fn=_become(self.uid), capture_output=True,
                               text=True, timeout=20)
 
     def notifications(self) -> list[dict[str, str]]:
@@ -124,12 +128,19 @@ class DesktopSession:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture
-def desktop() -> Iterator[DesktopSession]:
+@contextlib.contextmanager
+def desktop_session(uid: int = USER) -> Iterator[DesktopSession]:
     require_tools()
-    session = DesktopSession(Path(tempfile.mkdtemp(prefix="pyoomd-desktop-", dir="/tmp")))
+    session = DesktopSession(Path(tempfile.mkdtemp(prefix="pyoomd-desktop-", dir="/tmp")), uid=uid)
     session.root.chmod(0o755)
     try:
         yield session.start()
     finally:
         session.stop()
+
+
+@pytest.fixture
+def desktop() -> Iterator[DesktopSession]:
+    """The desktop session of `nobody`."""
+    with desktop_session() as session:
+        yield session

@@ -1,6 +1,7 @@
 """units/pyoomd.service run by a real systemd manager: active only through READY=1, status text, reload, stop;
 and the whole of issue 5: as a unit of the manager that runs the workloads, it kills one through KillUnit, stops
-another through a stop job, spares the idle one, reloads, and stops feeding the watchdog while a worker hangs.
+another through a stop job, spares the idle one, tells the victims' owner by desktop notification (a real dunst on
+a session bus the unit sees at /run/user/0/bus), reloads, and stops feeding the watchdog while a worker hangs.
 
 The test's manager is a user manager (TESTBED.md) whose runtime directory, with its notify socket, lives under
 /tmp; the unit is adapted only where that and this checkout require: the paths, PrivateTmp=no (so the notify
@@ -25,6 +26,7 @@ import pytest
 
 from supervisor.arbiter import WATCHDOG_STALE
 from tests.daemon import Daemon
+from tests.desktop_session import desktop_session
 from tests.realhost import THRASHER, wait_for
 from tests.systemd_manager import UserManager
 from tests.test_supervisor import POLICY
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 NAME = "pyoomd-under-test.service"
 
 
-def adapted_unit(work: Path, extra: str = "") -> str:
+def adapted_unit(work: Path, extra: str = "", run_user: Path | None = None) -> str:
     unit = (REPO / "units" / "pyoomd.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     exec_reload = next(line for line in unit.splitlines() if line.startswith("ExecReload="))
@@ -43,8 +45,10 @@ def adapted_unit(work: Path, extra: str = "") -> str:
                                         f"--runtime-dir {work}/run --state-dir {work}/state {extra}".rstrip())
     replaced = replaced.replace(exec_reload, f"ExecReload={REPO}/.venv/bin/pyoomd reload --state-dir {work}/state "
                                              "--pid $MAINPID")
-    replaced = replaced.replace("PrivateTmp=yes", "PrivateTmp=no").replace("ProtectHome=yes", "ProtectHome=read-only")
+    replaced = replaced.replace("PrivateTmp=yes", "PrivateTmp=no").replace("ProtectHome=tmpfs", "ProtectHome=read-only")
     replaced = replaced.replace("ReadWritePaths=/sys/fs/cgroup", f"ReadWritePaths=/sys/fs/cgroup {work}")
+    if run_user is not None:  # a desktop session of the test's, shown to the unit as /run/user
+        replaced = replaced.replace("BindReadOnlyPaths=-/run/user", f"BindReadOnlyPaths=-{run_user}:/run/user")
     assert replaced.count("\n") == unit.count("\n")
     return replaced
 
@@ -109,8 +113,9 @@ def test_the_manager_sees_it_ready_reloading_and_stopped(service):
 SLICE = "pyoomdtest"  # no dash: systemd reads dashes in slice names as nesting
 
 
-def scenario_policy(m: UserManager, kill_unit: str, stop_unit: str) -> str:
+def scenario_policy(m: UserManager, kill_unit: str, stop_unit: str, notify: bool = False) -> str:
     base = f"{m.cgroup}/{SLICE}.slice"
+    also = ", notify: true" if notify else ""
     return f"""
 interval: 0.5
 rulesets:
@@ -121,7 +126,7 @@ rulesets:
         all:
           - pressure_above: {{cgroup: "{base}/{kill_unit}", resource: memory, threshold: 5, duration: 1}}
     actions:
-      - kill_by_memory_size_or_growth: {{cgroup: "{base}/pyoomd-a-*", via: systemd}}
+      - kill_by_memory_size_or_growth: {{cgroup: "{base}/pyoomd-a-*", via: systemd{also}}}
   - name: stop through systemd
     post_action_delay: 600
     detectors:
@@ -129,7 +134,7 @@ rulesets:
         all:
           - pressure_above: {{cgroup: "{base}/{stop_unit}", resource: memory, threshold: 5, duration: 1}}
     actions:
-      - stop_unit: {{cgroup: "{base}/pyoomd-b-*"}}
+      - stop_unit: {{cgroup: "{base}/pyoomd-b-*"{also}}}
 """
 
 
@@ -174,12 +179,21 @@ def watchdog_pings(m: UserManager) -> int:
     return int(m.show(NAME, "WatchdogTimestampMonotonic") or 0)
 
 
-def test_as_a_unit_it_kills_one_unit_stops_another_spares_the_idle_one_and_reloads(service, workloads):
+@pytest.fixture
+def root_desktop():
+    """A desktop session of root's, whose session bus the unit sees at /run/user/0/bus: the manager's units,
+    the thrashers among them, are root's."""
+    with desktop_session(0) as session:
+        yield session
+
+
+def test_as_a_unit_it_kills_one_unit_stops_another_spares_the_idle_one_and_reloads(service, workloads,
+                                                                                    root_desktop):
     m, work = service
     _, units, verdicts = workloads
-    (work / "policy.yaml").write_text(scenario_policy(m, units["a"], units["b"]))
+    (work / "policy.yaml").write_text(scenario_policy(m, units["a"], units["b"], notify=True))
     units_dir = m.runtime_dir / "systemd" / "user"
-    (units_dir / NAME).write_text(adapted_unit(work, "--systemd-bus session"))
+    (units_dir / NAME).write_text(adapted_unit(work, "--systemd-bus session", run_user=root_desktop.run_user))
     m.systemctl("daemon-reload")
     started = m.systemctl("start", NAME, check=False)
     assert started.returncode == 0, started.stderr
@@ -204,6 +218,13 @@ def test_as_a_unit_it_kills_one_unit_stops_another_spares_the_idle_one_and_reloa
     assert (verdicts / "b-thrash").read_text().split() == ["success", "TERM"]
     assert m.show(units["idle"], "ActiveState") == "active"
     assert all(units["idle"] not in (r["unit"], r["target"]) for r in actions(work))
+    # Each victim's owner was told, on their session bus, from inside the hardened unit.
+    assert all("desktop notification to uid 0" in r["detail"] for r in (killed, stopped))
+    wait_for(lambda: (work / "log").read_text().count("desktop notification to uid 0: sent over") >= 2, 30,
+             "both notifications sent")
+    summaries = {n["summary"] for n in root_desktop.notifications()}
+    assert summaries == {f"pyoomd killed {units['a']} to relieve memory pressure",
+                         f"pyoomd stopped {units['b']} to relieve memory pressure"}
     status = m.show(NAME, "StatusText")
     assert status.startswith("hybrid, 2 rulesets, policy generation 1, 3/3 workers running; last action ")
     assert "stop_unit" in status or "kill_by_memory_size_or_growth" in status
