@@ -11,7 +11,7 @@ CONFDIR ?= /etc/pyoomd
 # The notify-reload drop-in needs systemd >= 253; the version of the systemd that will run the unit decides.
 SYSTEMD_VERSION ?= $(shell systemctl --version 2>/dev/null | awk 'NR == 1 { print $$2 + 0 }')
 
-.PHONY: run test test-deps lint unit real clean install install-units user demo
+.PHONY: run test test-deps test-tools lint unit real clean install install-units user demo
 
 $(STAMP): pyproject.toml examples/plugins/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,19 @@ test-deps:
 		apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; fi
 
+## Prometheus and node_exporter, Debian's builds, for the test that graphs pyoomd's metrics in a real Prometheus:
+## unpacked into .cache/ rather than installed, so that no service of theirs is started on the host.
+TOOLS := .cache/tools
+$(TOOLS)/usr/bin/prometheus:
+	rm -rf $(TOOLS).tmp && mkdir -p $(TOOLS).tmp
+	cd $(TOOLS).tmp && { apt-get download -qq -o APT::Sandbox::User=root prometheus prometheus-node-exporter || \
+		{ apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root prometheus prometheus-node-exporter; }; }
+	for deb in $(TOOLS).tmp/*.deb; do dpkg-deb -x $$deb $(TOOLS).tmp/root; done
+	rm -rf $(TOOLS) && mv $(TOOLS).tmp/root $(TOOLS) && rm -rf $(TOOLS).tmp
+test-tools: $(TOOLS)/usr/bin/prometheus
+
 ## Set up and run every test: lint, unit tests on fixture trees, real tests on this host's cgroups.
-test: $(STAMP) user test-deps
+test: $(STAMP) user test-deps test-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -v -rfEs tests
 

@@ -634,13 +634,33 @@ class Arbiter:
         from supervisor.metrics import CgroupFigure, MetricsView  # prometheus_client only where metrics are on
 
         f = self.figures
+        fired, actions = self.zero_counts()
+        fired.update(self.fired_counts)
+        actions.update(self.action_counts)
         return MetricsView(
             version=VERSION, layout=self.layout.kind, policy_generation=self.generation, dry_run=self.dry_run()[0],
-            fired=dict(self.fired_counts), actions=dict(self.action_counts),
+            fired=fired, actions=actions,
             workers=tuple((s.name, s.state is WorkerState.RUNNING, s.restarts) for s in self.slots.values()),
             cgroups=tuple(CgroupFigure(c.path, c.some_avg10, c.full_avg10, c.usage) for c in f.cgroups) if f else (),
             read_seconds=f.read_seconds if f else None, evaluate_seconds=f.evaluate_seconds if f else None,
         )
+
+    def zero_counts(self) -> tuple[dict[str, int], dict[tuple[str, str, str], int]]:
+        """A 0 for every ruleset's firings and every kill action's kills and failures before any happened: a
+        counter that is born at 1 shows Prometheus no increase, and an alert on the first kill would never fire."""
+        from policy.plugins import REGISTRY
+        from policy.plugins.actions import KillPlugin
+
+        fired: dict[str, int] = {}
+        actions: dict[tuple[str, str, str], int] = {}
+        for ruleset in effective_rulesets(self.policy):
+            fired[ruleset.name] = 0
+            for action in ruleset.actions:
+                cls = REGISTRY.get(action.name)
+                if cls is not None and issubclass(cls, KillPlugin):
+                    for result in ("killed", "failed"):
+                        actions[(ruleset.name, action.name, result)] = 0
+        return fired, actions
 
     def update_metrics(self, now: float) -> float:
         if self.metrics is None:

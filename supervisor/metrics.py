@@ -144,13 +144,29 @@ class Metrics:
         if now >= self.next_write:
             self.next_write = now + TEXTFILE_INTERVAL
             try:
-                from prometheus_client import write_to_textfile
-
-                self.textfile.parent.mkdir(parents=True, exist_ok=True)
-                write_to_textfile(os.fspath(self.textfile), self.registry)
+                self._write_textfile()
             except OSError as e:
                 log.error("cannot write the metrics to %s: %s", self.textfile, e.strerror)
         return self.next_write
+
+    def _write_textfile(self) -> None:
+        """Whole or not at all (a new file renamed over the old), and readable by node_exporter, which runs as a
+        user of its own: 0644 whatever the daemon's umask (the unit's is 0077)."""
+        from prometheus_client import generate_latest
+
+        assert self.textfile is not None
+        self.textfile.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.textfile.with_name(f".{self.textfile.name}.{os.getpid()}")
+        # Not ending in .prom: node_exporter never reads the file half-written.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)
+                f.write(generate_latest(self.registry))
+            os.replace(tmp, self.textfile)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         if self._server is not None:

@@ -45,7 +45,8 @@ def test_metrics_follow_a_real_kill_in_the_textfile_and_over_http(cgroups, tmp_p
         def scraped() -> str | None:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             return text if value(text, "pyoomd_cgroup_memory_pressure_avg10", cgroup=f"{cgroups.path}/thrasher",
-                                 kind="full") is not None and "pyoomd_actions_total{" in text else None
+                                 kind="full") is not None and value(text, "pyoomd_actions_total",
+                                                                    result="killed") else None
 
         http = wait_for(scraped, 40, "the kill and the figures over HTTP")
         assert value(http, "pyoomd_actions_total", ruleset="test thrash", action="kill_by_memory_size_or_growth",
@@ -55,8 +56,9 @@ def test_metrics_follow_a_real_kill_in_the_textfile_and_over_http(cgroups, tmp_p
         assert value(http, "pyoomd_worker_restarts_total", worker="detector") == 0
         assert value(http, "pyoomd_info", version="0.1.0", layout="hybrid") == 1
         assert value(http, "pyoomd_tick_read_seconds") > 0
-        text = wait_for(lambda: textfile.exists() and "pyoomd_actions_total{" in textfile.read_text()
-                        and textfile.read_text(), 40, "the textfile with the kill")
+        text = wait_for(lambda: textfile.exists() and value(textfile.read_text(), "pyoomd_actions_total",
+                                                            result="killed") and textfile.read_text(), 40,
+                        "the textfile with the kill")
         assert value(text, "pyoomd_actions_total", result="killed") == 1
         assert sleeper.poll() is None
     finally:

@@ -42,7 +42,8 @@ def adapted_unit(work: Path, extra: str = "", run_user: Path | None = None) -> s
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     exec_reload = next(line for line in unit.splitlines() if line.startswith("ExecReload="))
     replaced = unit.replace(exec_start, f"ExecStart={REPO}/.venv/bin/pyoomd run --config {work}/policy.yaml "
-                                        f"--runtime-dir {work}/run --state-dir {work}/state {extra}".rstrip())
+                                        f"--runtime-dir {work}/run --state-dir {work}/state {extra}".rstrip()
+                                        + (" $PYOOMD_OPTIONS" if "$PYOOMD_OPTIONS" in exec_start else ""))
     replaced = replaced.replace(exec_reload, f"ExecReload={REPO}/.venv/bin/pyoomd reload --state-dir {work}/state "
                                              "--pid $MAINPID")
     replaced = replaced.replace("PrivateTmp=yes", "PrivateTmp=no").replace("ProtectHome=tmpfs", "ProtectHome=read-only")
@@ -194,6 +195,11 @@ def test_as_a_unit_it_kills_one_unit_stops_another_spares_the_idle_one_and_reloa
     (work / "policy.yaml").write_text(scenario_policy(m, units["a"], units["b"], notify=True))
     units_dir = m.runtime_dir / "systemd" / "user"
     (units_dir / NAME).write_text(adapted_unit(work, "--systemd-bus session", run_user=root_desktop.run_user))
+    # The shipped textfile drop-in, pointed at the test's directory: its PYOOMD_OPTIONS reach ExecStart.
+    textfiles = work / "node-exporter"
+    (units_dir / f"{NAME}.d" / "metrics-textfile.conf").write_text(
+        (REPO / "units" / "optional" / "metrics-textfile.conf").read_text()
+        .replace("/var/lib/prometheus/node-exporter", str(textfiles)))
     m.systemctl("daemon-reload")
     started = m.systemctl("start", NAME, check=False)
     assert started.returncode == 0, started.stderr
@@ -225,6 +231,12 @@ def test_as_a_unit_it_kills_one_unit_stops_another_spares_the_idle_one_and_reloa
     summaries = {n["summary"] for n in root_desktop.notifications()}
     assert summaries == {f"pyoomd killed {units['a']} to relieve memory pressure",
                          f"pyoomd stopped {units['b']} to relieve memory pressure"}
+    # The metrics, where node_exporter's own user can read them, with both ends counted.
+    textfile = textfiles / "pyoomd.prom"
+    wait_for(lambda: textfile.exists() and len(re.findall(r'pyoomd_actions_total\{[^}]*result="killed"[^}]*\} 1\.0',
+                                                          textfile.read_text())) == 2, 40,
+             "both kills in the metrics textfile")
+    assert textfile.stat().st_mode & 0o777 == 0o644
     status = m.show(NAME, "StatusText")
     assert status.startswith("hybrid, 2 rulesets, policy generation 1, 3/3 workers running; last action ")
     assert "stop_unit" in status or "kill_by_memory_size_or_growth" in status

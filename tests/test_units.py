@@ -39,6 +39,16 @@ def test_the_unit_verifies_without_a_warning(analyze, tmp_path):
     assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("drop_in", sorted(p.name for p in (REPO / "units" / "optional").glob("*.conf")))
+def test_each_optional_drop_in_verifies_without_a_warning(analyze, tmp_path, drop_in):
+    unit = installed_copy(tmp_path)
+    (tmp_path / "pyoomd.service.d").mkdir()
+    shutil.copy(REPO / "units" / "optional" / drop_in, tmp_path / "pyoomd.service.d" / drop_in)
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+
+
 def test_the_unit_is_hardened(analyze, tmp_path):
     result = subprocess.run([analyze, "security", "--offline=yes", str(installed_copy(tmp_path))],
                             capture_output=True, text=True)
