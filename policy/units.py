@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -21,6 +22,8 @@ def parse_duration(value: object) -> float:
         if not m:
             raise ValueError(f"invalid duration {value!r}: use seconds or a string like '500ms', '30s', '2m'")
         seconds = float(m.group(1)) * _DURATION_SCALE[m.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"duration {value!r} is negative")
     return seconds

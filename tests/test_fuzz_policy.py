@@ -211,6 +211,24 @@ def test_non_finite_numbers_are_refused(text, message):
     assert [m for _, _, m in errors_of(text)] == [message]
 
 
+@pytest.mark.parametrize("written", ["nan", "'NaN'", "inf", "'-inf'", "'1e999'", "'Infinity'"])
+def test_non_finite_numbers_written_as_words_are_refused(written):
+    # YAML's core schema reads `nan` and `inf` (without the dot) as strings, and these reached float(): accepted
+    # before, so `threshold: nan` made a detector that never fired.
+    text = "rulesets:\n" + ruleset().replace("threshold: 80", f"threshold: {written}")
+    (error,) = errors_of(text)
+    assert error[0] == 6 and error[2].startswith("pressure_above: argument 'threshold': expected a finite number")
+
+
+def test_an_integer_argument_written_as_a_string_keeps_every_digit():
+    from policy.plugins.args import parse_number
+
+    assert parse_number("18446744073709551615", integer=True) == 18446744073709551615  # float() would round it
+    assert parse_number(" -3 ", integer=True) == -3
+    with pytest.raises(ValueError, match="integer"):
+        parse_number("2.5", integer=True)
+
+
 def test_argument_integer_that_msgpack_cannot_carry_is_refused_and_every_accepted_policy_travels():
     # Accepted before, then the supervisor's PolicyUpdate to the workers failed with OverflowError.
     text = "rulesets:\n" + ruleset(arg="size_threshold: 100000000000000000000000")

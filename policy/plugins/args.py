@@ -8,6 +8,7 @@ wrote (oomd's JSON passes every argument as a string), so each type accepts its 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import signal as signal_module
 from collections.abc import Mapping
@@ -66,13 +67,23 @@ def parse_bool(value: object) -> bool:
 def parse_number(value: object, integer: bool = False) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")
+    if integer and isinstance(value, int):
+        return value  # exactly: a float would round an integer past 2**53
+    if integer and isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ValueError(f"expected {'an integer' if integer else 'a number'}, got {value!r}") from None
+    if not math.isfinite(number):
+        # "nan", "inf", "1e999": no threshold or count means anything with them (NaN is never crossed).
+        raise ValueError(f"expected a finite number, got {value!r}")
     if integer and not number.is_integer():
         raise ValueError(f"expected an integer, got {value!r}")
     return number
+
+
+_INTEGER = re.compile(r"\s*[-+]?\d+\s*")
 
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
