@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ipc.messages import CommandResult, KillCommand
@@ -87,6 +88,15 @@ def test_a_session_bus_that_never_answers_delays_no_kill(cgroups, tmp_path):
     try:
         thrasher.wait(timeout=90)
         assert thrasher.returncode == -signal.SIGKILL
+        # While it waits on the wedged bus, the notifier is the user's, with nothing of root's left.
+        notifier = wait_for(lambda: next((p for p in psutil.Process(daemon.proc.pid).children(recursive=True)
+                                          if "workers.desktop_notify" in " ".join(p.cmdline())), None), 20,
+                            "the notifier child")
+        status = wait_for(lambda: (lambda t: t if f"Uid:\t{USER}\t" in t else None)(
+            Path(f"/proc/{notifier.pid}/status").read_text()), 10, "the notifier to drop to the user")
+        assert re.search(r"^CapEff:\s+0+$", status, re.M) and re.search(r"^CapBnd:\s+0+$", status, re.M), status
+        assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+        assert Path(f"/proc/{notifier.pid}/oom_score_adj").read_text().strip() == "0"
         given_up = daemon.wait_log(rf"desktop notification to uid {USER}: not sent: /run/user/{USER}/bus did not "
                                    r"answer within \d+s")
         # The kill was done and reported before the notification gave up, not after it.

@@ -12,7 +12,7 @@ needs (the interpreter may live where the user cannot read), then drops to the u
 supplementary group and no_new_privs, and only then connects. The bus is the one at /run/user/UID/bus (logind's
 runtime directory, where dbus's user session and dbus-broker put it), and only when that socket is the user's.
 
-Run as `python -m workers.desktop_notify UID GID SUMMARY BODY`; it prints one line saying what happened.
+Run as `python -m workers.desktop_notify UID SUMMARY BODY`; it prints one line saying what happened.
 """
 
 from __future__ import annotations
@@ -88,12 +88,6 @@ class _Child:
     deadline: float
 
 
-def _reset_oom_score() -> None:
-    # The child must not keep the actuator's -1000: it is the kernel's to kill like any other process.
-    with open("/proc/self/oom_score_adj", "w") as f:
-        f.write("0")
-
-
 class DesktopNotifier:
     """The actuator's side: start a child per user after a kill, never wait for it; reap from the timer."""
 
@@ -108,15 +102,10 @@ class DesktopNotifier:
             if session_bus(uid) is None:
                 without.append(str(uid))
                 continue
-            try:
-                gid = pwd.getpwuid(uid).pw_gid
-            except KeyError:
-                gid = uid  # a uid with no passwd entry: its bus still admits it
-            argv = [sys.executable, "-P", "-m", "workers.desktop_notify", str(uid), str(gid), summary, body]
+            argv = [sys.executable, "-P", "-m", "workers.desktop_notify", str(uid), summary, body]
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, preexec_fn=_reset_oom_score,
-                                        start_new_session=True, close_fds=True, cwd="/",
+                                        stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, cwd="/",
                                         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                              "PYTHONPATH": str(source_root())})
             except OSError as e:
@@ -179,19 +168,27 @@ async def _send(bus_path: str, summary: str, body: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.desktop_notify")
     parser.add_argument("uid", type=int)
-    parser.add_argument("gid", type=int)
     parser.add_argument("summary")
     parser.add_argument("body")
     a = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("refused: the actuator runs this as root, to become the user", flush=True)
         return 2
+    # Not the actuator's -1000: this child is the kernel's to kill like any other process. Done here rather than
+    # in a preexec_fn, so the actuator spawns it without running Python between fork and exec.
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("0")
     bus_path = session_bus(a.uid)  # checked as root, before the drop: the path the actuator judged
     if bus_path is None:
         print(f"no session bus at {SESSION_BUS.format(uid=a.uid)}", flush=True)
         return 1
     try:
-        drop_to(Identity(a.uid, a.gid), os.getppid(), keep=0)
+        # Looked up here, not in the actuator: a name service (LDAP, sssd) that hangs must hang this child only.
+        gid = pwd.getpwuid(a.uid).pw_gid
+    except KeyError:
+        gid = a.uid  # a uid with no passwd entry: its bus still admits it
+    try:
+        drop_to(Identity(a.uid, gid), os.getppid(), keep=0)
     except PrivilegeError as e:
         print(f"not sent: {e}", flush=True)
         return 1
