@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,8 @@ AVERAGE_SIZE_DECAY = 4.0
 RATE_FIELDS = (
     "workingset_refault", "pgscan", "pgmajfault", "vmpressure_events", "pressure_events", "io_bytes", "io_ops",
 )
+_rate_values = operator.attrgetter(*RATE_FIELDS)  # one call for all of a record's counters
+_NO_RATES = (None,) * len(RATE_FIELDS)
 
 
 @dataclass
@@ -46,10 +49,14 @@ class History:
         rates: dict[str, dict[str, float]] = {}
         now = snapshot.monotonic
         for cg in snapshot.cgroups:
-            before = self._last.get(cg.path, {})
+            values = _rate_values(cg)
+            before = self._last.get(cg.path)
+            if before is None:
+                if values == _NO_RATES:
+                    continue  # the common case (a policy that reads no counter): nothing to pair, nothing to keep
+                before = {}
             kept = last[cg.path] = {}
-            for name in RATE_FIELDS:
-                value = getattr(cg, name)
+            for name, value in zip(RATE_FIELDS, values, strict=True):
                 prev = before.get(name)
                 if value is None:
                     if prev is not None and prev[1] == cg.inode:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 
 from cgroupfs.tree import is_under, normalize
 
@@ -23,8 +24,12 @@ def join_cgroup(base: str, rel: str) -> str:
     return (base.rstrip("/") + "/" + rel.strip("/")) if base != "/" else "/" + rel.strip("/")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def matches(pattern: str, path: str) -> bool:
-    """Does `path` match `pattern` component by component (a '*' never crosses a '/')?"""
+    """Does `path` match `pattern` component by component (a '*' never crosses a '/')?
+
+    Cached: every tick asks the same pairs again (each plugin's patterns against every cgroup of the snapshot),
+    and the answer depends on the two strings alone."""
     pp = [p for p in pattern.split("/") if p]
     cp = [p for p in path.split("/") if p]
     return len(pp) == len(cp) and all(fnmatch.fnmatchcase(c, p) for p, c in zip(pp, cp, strict=True))
