@@ -29,6 +29,7 @@ from cgroupfs.figures import (
 )
 from cgroupfs.keptfiles import KeptFiles
 from cgroupfs.layout import Hierarchy, Layout
+from cgroupfs.listing import Entry, Listings
 from cgroupfs.parse import (
     parse_flat_keyed,
     parse_meminfo,
@@ -100,6 +101,7 @@ class CgroupFS:
         self._bad_logged: set[tuple[str, str, str]] = set()
         self._paths: dict[str, Path] = {}
         self._kept = KeptFiles()
+        self._listings: Listings | None = None  # made at the first tick: outside ticks, directories are listed afresh
 
     @contextlib.contextmanager
     def tick(self) -> Iterator[CgroupFS]:
@@ -107,6 +109,9 @@ class CgroupFS:
         their cgroup.procs), through descriptors kept open from tick to tick; the next tick reads afresh."""
         self._tick_cache = {}
         self._memo = {}
+        if self._listings is None:
+            self._listings = Listings()
+        self._listings.refresh()
         try:
             yield self
         finally:
@@ -157,6 +162,8 @@ class CgroupFS:
 
     def close(self) -> None:
         self._kept.close()
+        if self._listings is not None:
+            self._listings.close()
 
     # ---- finding cgroups -------------------------------------------------------------------------------------
 
@@ -196,21 +203,25 @@ class CgroupFS:
                 d = base.joinpath(*rel)
                 if _GLOB_CHARS & set(part):
                     try:
-                        with os.scandir(d) as it:
-                            dirs = [e for e in it if e.is_dir(follow_symlinks=False)]
+                        dirs = self._subdirectories(os.fspath(d))
                     except OSError:
                         continue
-                    names = [e.name for e in dirs]
                     memo = self._memo
                     if memo is not None:
                         # The listing says these exist and what they are: read_stats needs no stat of its own.
                         for e in dirs:
-                            memo.setdefault(("stat", e.path), DirInfo(True, e.inode(), None))
-                    nxt.extend([*rel, n] for n in sorted(names) if fnmatch.fnmatchcase(n, part))
+                            memo.setdefault(("stat", e.path), DirInfo(True, e.inode, None))
+                    nxt.extend([*rel, e.name] for e in dirs if fnmatch.fnmatchcase(e.name, part))
                 elif (d / part).is_dir():
                     nxt.append([*rel, part])
             results = nxt
         return results
+
+    def _subdirectories(self, d: str) -> list[Entry]:
+        if self._memo is not None and self._listings is not None:
+            return self._listings.subdirectories(d)  # in a tick: kept while inotify says nothing changed
+        with os.scandir(d) as it:
+            return sorted(Entry(e.name, e.path, e.inode()) for e in it if e.is_dir(follow_symlinks=False))
 
     def identity(self, path: str) -> int | None:
         loc = self.locate(path)

@@ -12,10 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.compose import check_drop_in
-from policy.loader import PolicyInvalid, load_drop_in
-from policy.model import DropIn, Policy
-from supervisor.inotify import (
+from cgroupfs.inotify import (
     IN_CLOSE_WRITE,
     IN_DELETE,
     IN_DELETE_SELF,
@@ -24,6 +21,9 @@ from supervisor.inotify import (
     IN_MOVED_TO,
     Watch,
 )
+from policy.compose import check_drop_in
+from policy.loader import PolicyInvalid, load_drop_in
+from policy.model import DropIn, Policy
 from supervisor.policyfiles import refusal
 
 log = logging.getLogger("pyoomd.supervisor")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from supervisor.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Watch
+from cgroupfs.inotify import IN_CLOSE_WRITE, IN_MOVED_TO, Watch
 
 FILE_NAME = "reload.json"
 DEFAULT_TIMEOUT = 30.0  # a reload is a file read and a hand-over to three workers: seconds even on a thrashing host

@@ -85,3 +85,49 @@ def test_members_are_current_every_tick_on_v1_too(cgroups):
     assert seen == [0, 1, 2] and st.nr_procs == 3
     assert st.pressure is not None  # the cgroup2 twin holds the same (current) members
     fs.close()
+
+
+def test_a_glob_sees_cgroups_created_removed_and_renamed_between_ticks(cgroups, monkeypatch):
+    # Listings are kept from tick to tick and redone only when inotify reports a change in their directory.
+    for name in ("a", "b"):
+        cgroups.mkdir(name)
+    fs = CgroupFS(detect_layout())
+    pattern = f"{cgroups.path}/*"
+    listed: collections.Counter = collections.Counter()
+    real_scandir = os.scandir
+
+    def counting(d):
+        listed[os.fspath(d)] += 1
+        return real_scandir(d)
+
+    monkeypatch.setattr(os, "scandir", counting)
+
+    def resolve() -> list[str]:
+        with fs.tick():
+            return [p.rsplit("/", 1)[1] for p in fs.resolve([pattern])]
+
+    try:
+        assert resolve() == ["a", "b"]
+        first = sum(listed.values())
+        assert resolve() == ["a", "b"] and sum(listed.values()) == first, "an unchanged directory was listed again"
+        cgroups.mkdir("c")
+        assert resolve() == ["a", "b", "c"]
+        os.rmdir(f"/sys/fs/cgroup/memory{cgroups.path}/a")
+        os.rmdir(f"/sys/fs/cgroup/unified{cgroups.path}/a")
+        assert resolve() == ["b", "c"]
+        # cgroup v1 lets a cgroup be renamed within its parent; the unified twin keeps its name.
+        os.rename(f"/sys/fs/cgroup/memory{cgroups.path}/b", f"/sys/fs/cgroup/memory{cgroups.path}/d")
+        cgroups.dirs.append(cgroups.dirs[0] / "d")
+        assert resolve() == ["b", "c", "d"]
+        # A cgroup removed and made again under the same name is a new directory: its record says so.
+        with fs.tick():
+            before = fs.read_stats(f"{cgroups.path}/c", frozenset({"memory"}))
+        for h in ("memory", "unified"):
+            os.rmdir(f"/sys/fs/cgroup/{h}{cgroups.path}/c")
+        cgroups.mkdir("c")
+        with fs.tick():
+            fs.resolve([pattern])
+            after = fs.read_stats(f"{cgroups.path}/c", frozenset({"memory"}))
+        assert after is not None and after.inode != before.inode
+    finally:
+        fs.close()
