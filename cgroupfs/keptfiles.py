@@ -70,6 +70,11 @@ class KeptFiles:
         fd = self._fds[p] = _open(p)  # FileNotFoundError: gone for good
         return _pread_all(fd).decode()
 
+    def touch(self, p: str) -> None:
+        """Keep `p` open through the next sweep although it was not read (its last reading still holds)."""
+        if p in self._fds:
+            self._used.add(p)
+
     def _forget(self, p: str) -> None:
         fd = self._fds.pop(p, None)
         if fd is not None:

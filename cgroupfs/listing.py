@@ -10,6 +10,7 @@ directories, the others are listed every time as before.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 from typing import NamedTuple
@@ -48,6 +49,8 @@ class Listings:
         self._watched: dict[str, int] = {}  # directory -> watch descriptor
         self._dir_of: dict[int, str] = {}  # watch descriptor -> directory
         self._kept: dict[str, list[Entry]] = {}  # directory -> its subdirectories, while its watch is silent
+        self._matching: dict[tuple[str, str], list[Entry]] = {}  # (directory, glob) -> what matches, likewise
+        self._entries: dict[str, Entry] = {}  # path -> its entry in a kept listing
         try:
             self._inotify = Inotify()
         except OSError as e:  # out of inotify instances: every listing is done afresh, nothing else changes
@@ -60,11 +63,13 @@ class Listings:
         for wd, mask in self._inotify.events():
             if mask & IN_Q_OVERFLOW:
                 self._kept.clear()
+                self._matching.clear()
+                self._entries.clear()
                 continue
             d = self._dir_of.get(wd)
             if d is None:
                 continue
-            self._kept.pop(d, None)
+            self._forget(d)
             if mask & IN_IGNORED:  # the directory is gone, and its watch with it
                 del self._dir_of[wd]
                 self._watched.pop(d, None)
@@ -79,7 +84,29 @@ class Listings:
             entries = sorted(Entry(e.name, e.path, e.inode()) for e in it if e.is_dir(follow_symlinks=False))
         if watched:
             self._kept[d] = entries
+            self._entries.update((e.path, e) for e in entries)
         return entries
+
+    def entry(self, path: str) -> Entry | None:
+        """`path` as a kept listing of its parent shows it (None: not in one; it may still exist)."""
+        return self._entries.get(path)
+
+    def _forget(self, d: str) -> None:
+        entries = self._kept.pop(d, None)
+        if entries is None:
+            return
+        for e in entries:
+            self._entries.pop(e.path, None)
+        self._matching = {k: v for k, v in self._matching.items() if k[0] != d}
+
+    def matching(self, d: str, glob: str) -> list[Entry]:
+        """The subdirectories of `d` whose names match `glob` (fnmatch, case-sensitive)."""
+        found = self._matching.get((d, glob))
+        if found is None:
+            found = [e for e in self.subdirectories(d) if fnmatch.fnmatchcase(e.name, glob)]
+            if d in self._kept:
+                self._matching[(d, glob)] = found
+        return found
 
     def _watch(self, d: str) -> bool:
         # Watched before it is listed: a change from here on is reported, an earlier one is in the listing.
@@ -103,3 +130,5 @@ class Listings:
         self._watched.clear()
         self._dir_of.clear()
         self._kept.clear()
+        self._matching.clear()
+        self._entries.clear()

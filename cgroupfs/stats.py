@@ -21,7 +21,7 @@ class Pressure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     full_total: int | None = None
 
 
-class CgroupStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class CgroupStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """One cgroup at one moment. Every figure is for the whole subtree. None: not read, or not available on
     this layout or kernel (never a made-up 0). Counters (pgscan, refaults, ...) are cumulative."""
 

@@ -37,11 +37,13 @@ from cgroupfs.parse import (
     parse_pressure,
     parse_proc_cgroup,
 )
+from cgroupfs.quiet import QuietPressure
 from cgroupfs.stats import CgroupStats, HostStats, Pressure
 
 log = logging.getLogger("pyoomd.cgroupfs")
 
 FIELDS_ALL = FIELD_GROUPS
+PRESSURE_ONLY = frozenset({"pressure"})
 TWIN_RECHECK = 5.0  # seconds a twin verdict is trusted by the collector before both member lists are read again
 _GLOB_CHARS = frozenset("*?[")
 
@@ -83,9 +85,11 @@ def _dir_str(h: Hierarchy, path: str) -> str:
 
 
 class CgroupFS:
-    def __init__(self, layout: Layout, proc: str | Path = "/proc") -> None:
+    def __init__(self, layout: Layout, proc: str | Path = "/proc", clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self.layout = layout
         self.proc = Path(proc)
+        self._clock = clock
         # Hierarchies a policy path is looked up in, in order of preference for memory accounting.
         self._lookup: list[Hierarchy] = []
         for h in (layout.memory, layout.unified):
@@ -102,6 +106,8 @@ class CgroupFS:
         self._paths: dict[str, Path] = {}
         self._kept = KeptFiles()
         self._listings: Listings | None = None  # made at the first tick: outside ticks, directories are listed afresh
+        self._quiet = QuietPressure()  # pressure records that stand in for a reading while the host has not stalled
+        self._tick_started = 0.0
 
     @contextlib.contextmanager
     def tick(self) -> Iterator[CgroupFS]:
@@ -109,6 +115,7 @@ class CgroupFS:
         their cgroup.procs), through descriptors kept open from tick to tick; the next tick reads afresh."""
         self._tick_cache = {}
         self._memo = {}
+        self._tick_started = self._clock()
         if self._listings is None:
             self._listings = Listings()
         self._listings.refresh()
@@ -118,6 +125,7 @@ class CgroupFS:
             self._tick_cache = None
             self._memo = None
             self._kept.sweep()
+            self._quiet.end_tick()
 
     def _read(self, p: str | Path) -> str:
         cache = self._tick_cache
@@ -130,19 +138,24 @@ class CgroupFS:
         return text
 
     def _stat(self, d: str) -> DirInfo | None:
-        """What a directory is, once a tick: from a glob's listing when one saw it (no call of its own), else
-        from a stat (existence, inode and link count from the one call)."""
+        """What a directory is, once a tick: from a kept listing that holds it, else from a stat (existence,
+        inode and link count from the one call)."""
         memo = self._memo
         key = ("stat", d)
         if memo is not None:
             found = memo.get(key, _MISSING)
             if found is not _MISSING:
                 return found  # type: ignore[return-value]
-        try:
-            st = os.stat(d)
-            info: DirInfo | None = DirInfo(stat.S_ISDIR(st.st_mode), st.st_ino, st.st_nlink)
-        except OSError:
-            info = None
+        listed = self._listings.entry(d) if memo is not None and self._listings is not None else None
+        if listed is not None:
+            # A glob's listing saw it, and inotify has reported no change in its parent since: no call of its own.
+            info: DirInfo | None = DirInfo(True, listed.inode, None)
+        else:
+            try:
+                st = os.stat(d)
+                info = DirInfo(stat.S_ISDIR(st.st_mode), st.st_ino, st.st_nlink)
+            except OSError:
+                info = None
         if memo is not None:
             memo[key] = info
         return info
@@ -188,40 +201,34 @@ class CgroupFS:
         """Every existing cgroup matching any pattern (globs per path component), sorted, no duplicates."""
         found: set[str] = set()
         for pattern in patterns:
-            norm = normalize(pattern)
-            parts = [p for p in norm.split("/") if p]
+            parts = [p for p in normalize(pattern).split("/") if p]
             for h in self._lookup:
-                for rel in self._glob(h.dir_of("/"), parts):
-                    found.add("/" + "/".join(rel) if rel else "/")
+                found.update(rel or "/" for rel in self._glob(h.mount_point, parts))
         return sorted(found)
 
-    def _glob(self, base: Path, parts: list[str]) -> list[list[str]]:
-        results: list[list[str]] = [[]]
+    def _glob(self, base: str, parts: list[str]) -> list[str]:
+        """The paths below mount point `base` ("/a/b", "" for its root) that match `parts` one by one."""
+        results = [""]
         for part in parts:
-            nxt: list[list[str]] = []
+            nxt: list[str] = []
             for rel in results:
-                d = base.joinpath(*rel)
+                d = base + rel
                 if _GLOB_CHARS & set(part):
                     try:
-                        dirs = self._subdirectories(os.fspath(d))
+                        nxt.extend(rel + "/" + e.name for e in self._matching(d, part))
                     except OSError:
                         continue
-                    memo = self._memo
-                    if memo is not None:
-                        # The listing says these exist and what they are: read_stats needs no stat of its own.
-                        for e in dirs:
-                            memo.setdefault(("stat", e.path), DirInfo(True, e.inode, None))
-                    nxt.extend([*rel, e.name] for e in dirs if fnmatch.fnmatchcase(e.name, part))
-                elif (d / part).is_dir():
-                    nxt.append([*rel, part])
+                elif self._is_dir(d + "/" + part):
+                    nxt.append(rel + "/" + part)
             results = nxt
         return results
 
-    def _subdirectories(self, d: str) -> list[Entry]:
+    def _matching(self, d: str, glob: str) -> list[Entry]:
         if self._memo is not None and self._listings is not None:
-            return self._listings.subdirectories(d)  # in a tick: kept while inotify says nothing changed
+            return self._listings.matching(d, glob)  # in a tick: kept while inotify says nothing changed
         with os.scandir(d) as it:
-            return sorted(Entry(e.name, e.path, e.inode()) for e in it if e.is_dir(follow_symlinks=False))
+            return sorted(Entry(e.name, e.path, e.inode()) for e in it
+                          if e.is_dir(follow_symlinks=False) and fnmatch.fnmatchcase(e.name, glob))
 
     def identity(self, path: str) -> int | None:
         loc = self.locate(path)
@@ -295,7 +302,7 @@ class CgroupFS:
             return None
         primary = self._stat(os.fspath(loc[1]))
         identity = primary.ino if primary else 0
-        now = time.monotonic()
+        now = self._clock()
         cached = self._twin_verdicts.get((path, which))
         if cached is not None and cached[0] > now and cached[1] == identity:
             return cached[2]
@@ -438,6 +445,16 @@ class CgroupFS:
         """One record for `path` with the field groups asked for, or None if it does not exist (any more).
 
         A cgroup removed while we read it is simply absent from this tick: no error, no log."""
+        host_stall = None
+        if fields == PRESSURE_ONLY and self._memo is not None and path != "/" and host is not None \
+                and host.pressure is not None:
+            host_stall = host.pressure.some_total
+            reading = self._quiet.reusable(path, host_stall, self._tick_started)
+            if reading is not None:
+                st = self._stat(reading.directory)
+                if st is not None and st.ino == reading.record.inode:
+                    self._kept.touch(reading.source)  # its descriptor stays open for when it is read again
+                    return reading.record
         loc = self.locate(path)
         if loc is None:
             return None
@@ -472,7 +489,12 @@ class CgroupFS:
             if e.errno in (errno.ENOENT, errno.ENODEV):
                 return None  # removed while we read it
             raise
-        return CgroupStats(path=path, inode=inode, **figures)
+        record = CgroupStats(path=path, inode=inode, **figures)
+        if host_stall is not None:
+            twin = self.twin(path, "unified")  # the one its pressure was read from (known this tick)
+            self._quiet.remember(record, os.fspath(d), f"{twin}/memory.pressure" if twin is not None else None,
+                                 host_stall, self._tick_started)
+        return record
 
     def _tree(self, hier: Hierarchy, d: Path, path: str) -> dict:
         members = self._subtree(os.fspath(d))

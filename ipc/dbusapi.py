@@ -84,7 +84,7 @@ METHODS: tuple[Method, ...] = (
     Method("Reload", (), (("result", "(bas)"),), "Re-read the policy file, as SIGHUP does: ok, and its errors as "
            "FILE:LINE:COL: message. A policy with errors changes nothing.", privileged=True),
     Method("GetSnapshot", (), (("snapshot", "s"),), "What the collector last saw, as JSON: the host and each "
-           "watched cgroup with its memory and pressure figures (null where this host has no such figure)."),
+           "watched cgroup with its memory and pressure figures (a figure this host cannot give is left out)."),
     Method("Explain", (), (("explanation", "s"),), "For each ruleset, as JSON: which detectors held on the last "
            "snapshot, and which cgroups each action would pick now, ranked, with the figures that decided it."),
     Method("ListActions", (("limit", "u"),), (("actions", "s"),), "The newest action records (at most limit, "
