@@ -19,7 +19,7 @@ from cgroupfs.stats import CgroupStats, Pressure
 # Read again after this long in any case: the kernel aggregates per-CPU stall time in whole jiffies of
 # non-idle time, so a stall of a few milliseconds can be invisible in the host's total, and a twin's verdict
 # (whether the cgroup2 directory still holds the same processes) is not checked while a record is reused.
-REFRESH = 30.0
+REFRESH = 60.0
 # The kernel folds a stall total into the averages every 2 s: a total that has not moved for two such periods
 # has been seen by them.
 SETTLE = 4.0

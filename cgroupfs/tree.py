@@ -75,7 +75,7 @@ _MISSING = object()
 
 class DirInfo(NamedTuple):
     is_dir: bool
-    ino: int
+    inode: int
     nlink: int | None  # None when it came from a directory listing, which does not say
 
 
@@ -301,7 +301,7 @@ class CgroupFS:
         if loc is None:
             return None
         primary = self._stat(os.fspath(loc[1]))
-        identity = primary.ino if primary else 0
+        identity = primary.inode if primary else 0
         now = self._clock()
         cached = self._twin_verdicts.get((path, which))
         if cached is not None and cached[0] > now and cached[1] == identity:
@@ -451,8 +451,9 @@ class CgroupFS:
             host_stall = host.pressure.some_total
             reading = self._quiet.reusable(path, host_stall, self._tick_started)
             if reading is not None:
-                st = self._stat(reading.directory)
-                if st is not None and st.ino == reading.record.inode:
+                listed = self._listings.entry(reading.directory) if self._listings is not None else None
+                st = listed if listed is not None else self._stat(reading.directory)
+                if st is not None and st.inode == reading.record.inode:
                     self._kept.touch(reading.source)  # its descriptor stays open for when it is read again
                     return reading.record
         loc = self.locate(path)
@@ -473,7 +474,7 @@ class CgroupFS:
             st = self._stat(os.fspath(d))
             if st is None:
                 return None  # removed since it was located
-            inode = st.ino
+            inode = st.inode
             figures: dict = {}
             if fields & {"memory", "swap", "reclaim", "oom"}:
                 figures.update(part("memory", lambda: self._memory_figures(hier, d, path, fields)))

@@ -28,9 +28,9 @@ class History:
     average_usage: dict[str, float] = field(default_factory=dict)
     # path -> field -> per-second rate of a cumulative counter between the last two snapshots that had it
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
-    # path -> field -> (monotonic, inode, value) of its last reading: a tick's snapshot may leave a counter out
+    # path -> (inode, field -> (monotonic, value)) of its last readings: a tick's snapshot may leave a counter out
     # (actions' figures are read only for the snapshots they act on), and the next reading pairs with this one.
-    _last: dict[str, dict[str, tuple[float, int, int]]] = field(default_factory=dict)
+    _last: dict[str, tuple[int, dict[str, tuple[float, int]]]] = field(default_factory=dict)
 
     def update(self, snapshot: Snapshot) -> None:
         self._update_rates(snapshot)
@@ -45,26 +45,28 @@ class History:
         self.average_usage = seen
 
     def _update_rates(self, snapshot: Snapshot) -> None:
-        last: dict[str, dict[str, tuple[float, int, int]]] = {}
+        last: dict[str, tuple[int, dict[str, tuple[float, int]]]] = {}
         rates: dict[str, dict[str, float]] = {}
         now = snapshot.monotonic
         for cg in snapshot.cgroups:
             values = _rate_values(cg)
             before = self._last.get(cg.path)
-            if before is None:
-                if values == _NO_RATES:
-                    continue  # the common case (a policy that reads no counter): nothing to pair, nothing to keep
-                before = {}
-            kept = last[cg.path] = {}
+            if before is not None and before[0] != cg.inode:
+                before = None  # a cgroup made anew under the same name: nothing of the old one pairs with it
+            if values == _NO_RATES:
+                if before is not None:
+                    last[cg.path] = before  # none read this time: the next readings pair with the last ones
+                continue
+            earlier = before[1] if before is not None else {}
+            kept = dict(earlier)
             for name, value in zip(RATE_FIELDS, values, strict=True):
-                prev = before.get(name)
                 if value is None:
-                    if prev is not None and prev[1] == cg.inode:
-                        kept[name] = prev  # not read this time: the next reading pairs with the last one
                     continue
-                if prev is not None and prev[1] == cg.inode and now > prev[0]:
-                    rates.setdefault(cg.path, {})[name] = max(value - prev[2], 0) / (now - prev[0])
-                kept[name] = (now, cg.inode, value)
+                prev = earlier.get(name)
+                if prev is not None and now > prev[0]:
+                    rates.setdefault(cg.path, {})[name] = max(value - prev[1], 0) / (now - prev[0])
+                kept[name] = (now, value)
+            last[cg.path] = (cg.inode, kept)
         self._last, self.rates = last, rates
 
     def rate(self, cg: CgroupStats, name: str) -> float | None:

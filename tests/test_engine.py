@@ -265,6 +265,11 @@ def test_history_offers_per_second_rates_of_cumulative_counters():
     reborn = Snapshot(seq=3, generation=1, time=3.0, monotonic=13.0, host=first.host, cgroups=[stats(5, inode=8)])
     h.update(reborn)
     assert h.rate(reborn.cgroups[0], "workingset_refault") is None  # a new cgroup of the same name starts over
+    # A tick's snapshot that leaves the counter out (only actions read it) keeps the last reading to pair with.
+    h.update(Snapshot(seq=4, generation=1, time=4.0, monotonic=14.0, host=first.host, cgroups=[stats(None, inode=8)]))
+    later = Snapshot(seq=5, generation=1, time=5.0, monotonic=15.0, host=first.host, cgroups=[stats(45, inode=8)])
+    h.update(later)
+    assert h.rate(later.cgroups[0], "workingset_refault") == 20.0  # (45 - 5) over the 2 s since that reading
 
 
 def test_min_growth_ratio_is_a_real_number_not_oomds_truncated_integer():
