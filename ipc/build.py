@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from functools import cache
 from pathlib import Path
 
@@ -12,14 +12,17 @@ PACKAGES = ("supervisor", "workers", "ipc", "cgroupfs", "policy")
 
 @cache
 def build_id() -> str:
-    """The version plus a digest of every source file of the five packages, as this interpreter sees them."""
+    """The version plus a checksum of every source file of the five packages, as this interpreter sees them.
+
+    A CRC, not a cryptographic hash: it tells one install from another, and hashlib would load OpenSSL's libcrypto
+    (megabytes, in every process forked from the supervisor) for nothing else."""
     root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
+    crc = 0
     for package in PACKAGES:
         for source in sorted((root / package).rglob("*.py")):
-            digest.update(str(source.relative_to(root)).encode())
-            digest.update(source.read_bytes())
-    return f"{VERSION}+{digest.hexdigest()[:16]}"
+            crc = zlib.crc32(str(source.relative_to(root)).encode(), crc)
+            crc = zlib.crc32(source.read_bytes(), crc)
+    return f"{VERSION}+{crc:08x}"
 
 
 def source_root() -> Path:

@@ -322,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as e:
             log.critical("cannot start: %s", e)
             return 2
-    forkserver = start_forkserver(log) if args.worker_pythonpath is None else None
+    forkserver = start_forkserver(log, args) if args.worker_pythonpath is None else None
     try:
         layout = detect_layout()
     except (LayoutError, OSError) as e:
@@ -366,7 +366,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Arbiter(options, policy, layout, startup_errors=startup_errors, forkserver=forkserver).run()
 
 
-def start_forkserver(log: logging.Logger) -> ForkServer | None:
+def _bus_expected(bus: str) -> bool:
+    """Whether a --bus / --systemd-bus value will most likely find a bus: an address given, or a socket there."""
+    from workers.units import candidate_addresses
+
+    if bus == "none":
+        return False
+    return any(not a.startswith("unix:path=") or Path(a[len("unix:path="):]).exists() for a in candidate_addresses(bus))
+
+
+def start_forkserver(log: logging.Logger, args: argparse.Namespace) -> ForkServer | None:
     """Make this process the subreaper of its workers and fork the fork server from it, now: nothing but imports
     has happened in it yet (no thread, no socket, no file of the host read), the image the workers share."""
     import ctypes
@@ -380,6 +389,11 @@ def start_forkserver(log: logging.Logger) -> ForkServer | None:
     # supervisor's by construction, whatever the files on disk say by then) and needs nothing more from disk.
     build_id()
     load_entry_points()
+    # The D-Bus client (dbus-fast, asyncio) is imported only where a bus is used. When one will be, it is imported
+    # here, so that the supervisor's interface and the actuator's service manager share its pages.
+    if _bus_expected(args.bus) or _bus_expected(args.systemd_bus):
+        import supervisor.dbus_service  # noqa: F401
+        import workers.systemd  # noqa: F401
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:

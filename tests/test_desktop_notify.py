@@ -90,7 +90,7 @@ def test_a_session_bus_that_never_answers_delays_no_kill(cgroups, tmp_path):
         assert thrasher.returncode == -signal.SIGKILL
         # While it waits on the wedged bus, the notifier is the user's, with nothing of root's left.
         notifier = wait_for(lambda: next((p for p in psutil.Process(daemon.proc.pid).children(recursive=True)
-                                          if "workers.desktop_notify" in " ".join(p.cmdline())), None), 20,
+                                          if "workers.notify_send" in " ".join(p.cmdline())), None), 20,
                             "the notifier child")
         status = wait_for(lambda: (lambda t: t if f"Uid:\t{USER}\t" in t else None)(
             Path(f"/proc/{notifier.pid}/status").read_text()), 10, "the notifier to drop to the user")

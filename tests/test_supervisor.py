@@ -176,3 +176,34 @@ def test_workers_are_forked_from_one_image_and_exec_d_once_the_fork_server_is_go
     assert new.cmdline()[1:4] == ["-P", "-m", "workers.detector"]  # exec'd
     daemon.wait_log(rf"worker detector \(pid {new.pid}\): STARTING -> RUNNING")
     assert daemon.stop() == 0
+
+
+def test_without_a_bus_no_process_carries_the_dbus_client_or_openssl(tmp_path):
+    # Nothing would use dbus-fast, asyncio's ssl or OpenSSL, and megabytes of each would sit in every forked
+    # process for nothing.
+    require_real_host()
+    daemon = Daemon(tmp_path, POLICY, "--bus", "none", "--systemd-bus", "none").start()
+    try:
+        daemon.wait_log(r"first snapshot evaluated")
+        processes = [psutil.Process(daemon.proc.pid), *psutil.Process(daemon.proc.pid).children()]
+        assert len(processes) == 5
+        for p in processes:
+            mapped = {Path(m.path).name for m in p.memory_maps() if m.path.startswith("/")}
+            unwanted = {name for name in mapped if name.startswith(("libcrypto", "libssl", "_ssl", "_hashlib"))
+                        or "dbus_fast" in name or name.startswith("_asyncio")}
+            assert not unwanted, f"{p.name()} {p.pid}: {sorted(unwanted)}"
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_buses_are_expected_only_where_one_can_be_found(tmp_path, monkeypatch):
+    from supervisor.cli import _bus_expected
+
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/system_bus_socket")
+    assert not _bus_expected("none")
+    assert _bus_expected(f"unix:path={tmp_path}/explicit") is False  # a path address counts only where it is
+    assert _bus_expected("tcp:host=localhost,port=1")  # any other address: trusted as given
+    expected_system = Path("/run/systemd/private").exists() and os.geteuid() == 0
+    assert _bus_expected("system") is expected_system
+    (tmp_path / "system_bus_socket").touch()
+    assert _bus_expected("system")

@@ -18,7 +18,8 @@ import pytest
 
 from tests.realhost import wait_for
 from tests.systemd_manager import UserManager
-from workers.systemd import SystemdBus, candidate_addresses, unit_name_from_cgroup
+from workers.systemd import SystemdBus
+from workers.units import candidate_addresses, unit_name_from_cgroup
 
 real = pytest.mark.real
 SLEEP = ["sleep", "1000"]

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import psutil
 import zmq
@@ -52,7 +52,10 @@ from policy.plugins import Plugin, build_plugin
 from workers.base import Worker, WorkerArgs, main
 from workers.desktop_notify import DesktopNotifier, owners
 from workers.hooks import Hooks
-from workers.systemd import ErrorKind, SystemdBus, UnitInfo, unit_name_from_cgroup
+from workers.units import ErrorKind, UnitInfo, unit_name_from_cgroup
+
+if TYPE_CHECKING:
+    from workers.systemd import SystemdBus
 
 log = logging.getLogger("pyoomd.actuator")
 
@@ -759,6 +762,13 @@ class Actuator(Worker):
 
 
 
+def _systemd_bus(bus: str) -> SystemdBus:
+    # dbus-fast and asyncio only in an actuator that has a service manager to talk to (several MiB otherwise).
+    from workers.systemd import SystemdBus
+
+    return SystemdBus(bus)
+
+
 class UnitExecutor:
     """Checks and carries out unit commands through the service manager (oomd's systemd_restart)."""
 
@@ -776,7 +786,7 @@ class UnitExecutor:
         if self.bus is None or self.update is None or self.update.systemd_bus != update.systemd_bus:
             if self.bus is not None:
                 self.bus.close()
-            self.bus = None if update.systemd_bus == "none" else SystemdBus(update.systemd_bus)
+            self.bus = None if update.systemd_bus == "none" else _systemd_bus(update.systemd_bus)
         self.services = services
         self.update = update
 

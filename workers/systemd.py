@@ -15,17 +15,27 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import signal as signals
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, TypeVar
 
 from dbus_fast import Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
+
+from workers.units import (
+    KILLABLE_SUFFIXES,
+    ErrorKind,
+    JobOutcome,
+    ManagerInfo,
+    Result,
+    UnitInfo,
+    UnitState,
+    candidate_addresses,
+    unit_name_from_cgroup,
+)
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -33,6 +43,8 @@ MANAGER = "org.freedesktop.systemd1.Manager"
 UNIT = "org.freedesktop.systemd1.Unit"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 2.0  # one method call; the manager answers in milliseconds when it answers at all
 DEFAULT_JOB_TIMEOUT = 5.0  # a stop/restart job: long enough for a quick unit, short enough for an OOM daemon
@@ -47,58 +59,6 @@ _CGROUP_INTERFACE = {
     "mount": "org.freedesktop.systemd1.Mount",
     "swap": "org.freedesktop.systemd1.Swap",
 }
-_KILLABLE_SUFFIXES = (".service", ".scope")
-
-T = TypeVar("T")
-
-# "unreachable": no connection; "deadline": no answer in time (ours, not systemd's job result "timeout");
-# "dbus": the manager answered with an error; "job": a job ended other than "done"; "refused": a check failed.
-ErrorKind = Literal["", "unreachable", "deadline", "dbus", "job", "refused"]
-
-
-@dataclass(frozen=True)
-class Result(Generic[T]):
-    ok: bool
-    value: T | None = None
-    error: str = ""  # for the log: what failed and why
-    kind: ErrorKind = ""
-    dbus_error: str = ""  # the D-Bus error name, when the manager sent one
-    elapsed: float = 0.0  # seconds, including any connect
-
-
-@dataclass(frozen=True)
-class ManagerInfo:
-    version: str
-    address: str  # the address that answered
-    peer_to_peer: bool  # a manager's private socket: no bus daemon in between
-
-
-@dataclass(frozen=True)
-class UnitInfo:
-    name: str
-    object_path: str
-    control_group: str
-    invocation_id: str  # hex; "" when the unit is not running (no invocation)
-
-
-@dataclass(frozen=True)
-class UnitState:
-    name: str
-    object_path: str
-    active_state: str
-    sub_state: str
-    control_group: str
-    invocation_id: str
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    job: str  # the job's object path
-    job_id: int  # 0 until JobRemoved was seen
-    unit: str
-    result: str  # systemd's: "done", "canceled", "timeout", "failed", "dependency", "skipped"; "" when not seen
-
-
 class _Failure(Exception):
     """Raised inside the loop thread and turned into a failed Result at the boundary."""
 
@@ -154,39 +114,6 @@ class _ManagerBus(MessageBus):
         nudger = getattr(self, "_nudger", None)
         if nudger is not None:
             nudger.cancel()
-
-
-def candidate_addresses(bus: str, euid: int | None = None, environ: dict[str, str] | None = None) -> list[str]:
-    """The D-Bus addresses to try, in order, for "system", "session" (alias "user") or an explicit address."""
-    env = os.environ if environ is None else environ
-    euid = os.geteuid() if euid is None else euid
-    out: list[str] = []
-    if bus == "system":
-        # The system manager's private socket is root's (systemctl uses it as root only): others take the bus.
-        if euid == 0 and Path("/run/systemd/private").exists():
-            out.append("unix:path=/run/systemd/private")
-        out.append(env.get("DBUS_SYSTEM_BUS_ADDRESS") or "unix:path=/run/dbus/system_bus_socket")
-    elif bus in ("session", "user"):
-        runtime = env.get("XDG_RUNTIME_DIR")
-        if runtime and (Path(runtime) / "systemd" / "private").exists():
-            out.append(f"unix:path={runtime}/systemd/private")
-        if env.get("DBUS_SESSION_BUS_ADDRESS"):
-            out.append(env["DBUS_SESSION_BUS_ADDRESS"])
-        elif runtime:
-            out.append(f"unix:path={runtime}/bus")
-    else:
-        out.append(bus)
-    return out
-
-
-def unit_name_from_cgroup(path: str) -> str | None:
-    """The .service/.scope unit whose own cgroup `path` would be, from its last component; None when the last
-    component is not one (a slice, a sub-cgroup a unit made inside its own, a non-systemd tree)."""
-    last = path.rstrip("/").rsplit("/", 1)[-1]
-    if not last.endswith(_KILLABLE_SUFFIXES):
-        return None
-    # systemd prefixes "_" to unit names that would clash with cgroupfs files or start with "_" (cgroup_escape).
-    return last[1:] if last.startswith("_") else last
 
 
 def _cgroup_interface(unit: str) -> str:
@@ -410,7 +337,7 @@ class SystemdBus:
             if unit_path is None:
                 return None
             unit = await self._get(unit_path, UNIT, "Id")
-            if not unit.endswith(_KILLABLE_SUFFIXES):
+            if not unit.endswith(KILLABLE_SUFFIXES):
                 return None
             control_group, invocation = await self._unit_props(unit, unit_path)
             if control_group != path:
