@@ -131,7 +131,7 @@ def main() -> int:
             print(f"   action record: {r['result']} {r['target']} (pids {r['pids']}) by {r['plugin']} via "
                   f"{r['mechanism']}: {r['reason']}")
         print("\n   every action is also a log line, a D-Bus ActionTaken signal and a Prometheus counter")
-        return 0
+        return 0 if idle.poll() is None else 1
     finally:
         for p in reversed(procs):
             if p.poll() is None:
