@@ -13,6 +13,7 @@ PID, and our cgroups are removed deepest first, in every hierarchy the manager m
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import shutil
@@ -137,7 +138,10 @@ class UserManager:
     def pids_in(self, path: str, hierarchy: str = "systemd") -> set[int]:
         try:
             return {int(x) for x in (self.cgroup_dir(hierarchy, path) / "cgroup.procs").read_text().split()}
-        except FileNotFoundError:
+        except OSError as e:
+            # Gone, or being removed by the manager as we read (ENODEV): empty either way.
+            if e.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
             return set()
 
     # ---- life cycle ----
