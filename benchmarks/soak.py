@@ -523,6 +523,7 @@ class Soak:
         self.t0 = time.monotonic()
         self.wall0 = time.time()
         self.tmp = Path(tempfile.mkdtemp(prefix=f"pyoomd-soak-{os.getpid()}-"))
+        self.tmp.chmod(0o755)  # the unprivileged workers reach their sockets in run/ through it
         self.sandbox = Sandbox(f"pyoomd-soak-{os.getpid()}")
         self.config = self.tmp / "policy.yaml"
         self.daemon = Daemon(self.tmp, self.config)
