@@ -12,7 +12,9 @@ that the figures are stable. Nothing can be killed: every daemon is configured n
 starts), and each one's thresholds are far from this idle host's state.
 
 CPU % is of one core: utime+stime (all threads) from /proc/PID/stat over the window. PSS, split into anon and
-file, is from /proc/PID/smaps_rollup at the window's end. reads/s counts read syscalls (/proc/PID/io), which
+file, is from /proc/PID/smaps_rollup at the window's end; "private" is what a process alone maps (the pages a
+forked worker has written since its fork, and what it allocated itself), the rest of its PSS is its share of
+pages mapped by several. reads/s counts read syscalls (/proc/PID/io), which
 shows how much each process touches per tick. Kernel work done on a daemon's behalf (PSI triggers, cgroup file
 generation in kworkers) is not charged to it and not counted here.
 """
@@ -67,12 +69,15 @@ def counters(pid: int) -> Counters:
 
 
 def pss_kib(pid: int) -> dict[str, int]:
-    """Pss, Pss_Anon and Pss_File in KiB: shared pages are divided among their users, so these add up."""
-    out = {}
+    """Pss, Pss_Anon and Pss_File in KiB (shared pages are divided among their users, so these add up), and
+    Private: the pages this process alone maps (Private_Clean + Private_Dirty), what it costs on its own."""
+    out = {"Private": 0}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("Pss", "Pss_Anon", "Pss_File"):
             out[key] = int(value.split()[0])
+        elif key in ("Private_Clean", "Private_Dirty"):
+            out["Private"] += int(value.split()[0])
     return out
 
 
@@ -281,6 +286,7 @@ class Row:
     pss: float  # MiB
     pss_anon: float
     pss_file: float
+    private: float  # MiB this process alone maps
     reads_per_s: float
 
 
@@ -304,7 +310,7 @@ def measure(daemon: Daemon, cgroups: int, seconds: float) -> list[Row]:
             daemon=daemon.name, cgroups=cgroups, process=name,
             cpu_pct=100.0 * (after.cpu_ticks - before[name].cpu_ticks) / CLK_TCK / elapsed,
             pss=pss["Pss"] / 1024, pss_anon=pss.get("Pss_Anon", 0) / 1024, pss_file=pss.get("Pss_File", 0) / 1024,
-            reads_per_s=(after.reads - before[name].reads) / elapsed,
+            private=pss["Private"] / 1024, reads_per_s=(after.reads - before[name].reads) / elapsed,
         ))
     return rows
 
@@ -388,9 +394,10 @@ def report(rows: list[Row], notes: list[str], args: argparse.Namespace) -> None:
           f"{'empty cgroups' if args.empty else 'one sleep per cgroup'}; host load (1/5/15 min) "
           + "/".join(f"{x:.2f}" for x in os.getloadavg()))  # other work on the host shares its 2 cores
     print()
-    print(table(["daemon", "cgroups", "process", "CPU % of 1 core", "PSS MiB", "anon MiB", "file MiB", "reads/s"],
+    print(table(["daemon", "cgroups", "process", "CPU % of 1 core", "PSS MiB", "anon MiB", "file MiB", "private MiB",
+                 "reads/s"],
                 [[r.daemon, str(r.cgroups), r.process, f"{r.cpu_pct:.2f}", f"{r.pss:.1f}", f"{r.pss_anon:.1f}",
-                  f"{r.pss_file:.1f}", f"{r.reads_per_s:.0f}"] for r in rows], names=3))
+                  f"{r.pss_file:.1f}", f"{r.private:.1f}", f"{r.reads_per_s:.0f}"] for r in rows], names=3))
     print()
     totals = []
     for key in dict.fromkeys((r.daemon, r.cgroups) for r in rows):
