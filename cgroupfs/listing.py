@@ -40,6 +40,12 @@ class Entry(NamedTuple):
     inode: int
 
 
+def list_subdirectories(d: str) -> list[Entry]:
+    """The subdirectories of `d`, sorted by name, listed now (OSError when it cannot be listed)."""
+    with os.scandir(d) as it:
+        return sorted(Entry(e.name, e.path, e.inode()) for e in it if e.is_dir(follow_symlinks=False))
+
+
 class Listings:
     """Subdirectories of a directory, sorted by name, from the last listing its watch has not contradicted."""
 
@@ -80,8 +86,7 @@ class Listings:
         if kept is not None:
             return kept
         watched = self._watch(d)
-        with os.scandir(d) as it:
-            entries = sorted(Entry(e.name, e.path, e.inode()) for e in it if e.is_dir(follow_symlinks=False))
+        entries = list_subdirectories(d)
         if watched:
             self._kept[d] = entries
             self._entries.update((e.path, e) for e in entries)

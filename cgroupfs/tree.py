@@ -29,7 +29,7 @@ from cgroupfs.figures import (
 )
 from cgroupfs.keptfiles import KeptFiles
 from cgroupfs.layout import Hierarchy, Layout
-from cgroupfs.listing import Entry, Listings
+from cgroupfs.listing import Entry, Listings, list_subdirectories
 from cgroupfs.parse import (
     parse_flat_keyed,
     parse_meminfo,
@@ -226,9 +226,7 @@ class CgroupFS:
     def _matching(self, d: str, glob: str) -> list[Entry]:
         if self._memo is not None and self._listings is not None:
             return self._listings.matching(d, glob)  # in a tick: kept while inotify says nothing changed
-        with os.scandir(d) as it:
-            return sorted(Entry(e.name, e.path, e.inode()) for e in it
-                          if e.is_dir(follow_symlinks=False) and fnmatch.fnmatchcase(e.name, glob))
+        return [e for e in list_subdirectories(d) if fnmatch.fnmatchcase(e.name, glob)]
 
     def identity(self, path: str) -> int | None:
         loc = self.locate(path)
@@ -451,8 +449,7 @@ class CgroupFS:
             host_stall = host.pressure.some_total
             reading = self._quiet.reusable(path, host_stall, self._tick_started)
             if reading is not None:
-                listed = self._listings.entry(reading.directory) if self._listings is not None else None
-                st = listed if listed is not None else self._stat(reading.directory)
+                st = self._stat(reading.directory)  # from its kept listing: no call of its own
                 if st is not None and st.inode == reading.record.inode:
                     self._kept.touch(reading.source)  # its descriptor stays open for when it is read again
                     return reading.record

@@ -65,7 +65,7 @@ class SnapshotTaker:
 
     def use(self, needs: Needs) -> None:
         self.needs = needs
-        self._psi_of: dict[str, bool] = {}
+        self._psi_of = {}  # what a policy's parents are is decided afresh for each policy
 
     def on_ready(self, fd: int, revents: int) -> int:
         """Count what one ready descriptor reports (select.POLL* bits); returns how many events fired."""
